@@ -1,0 +1,463 @@
+//! A blocking client of the issuance server's HTTP API (`/api/v1`, see docs/protocol.md).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use shared_crypto::PublicKey;
+
+/// Why a call to the server failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The server could not be reached.
+    #[error(
+        "cannot reach the issuance server at {url}: {detail}. Is it running \
+             (`issuance-server serve`) and is --server right?"
+    )]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// What the HTTP client said.
+        detail: String,
+    },
+    /// The call needs a staff token and none (or an invalid one) was given.
+    #[error(
+        "the server refused the token ({status}: {message}); give a valid staff token with \
+             --token or the CARD_TOOL_TOKEN environment variable"
+    )]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server answered with an error.
+    #[error("the server refused the request ({status} {code}): {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable code.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The answer does not have the contract's form.
+    #[error("the server's answer to {what} is not what this card-tool expects: {detail}")]
+    BadResponse {
+        /// Which call.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl ServerError {
+    /// Whether retrying later could help (the server is down or overloaded), as opposed to a
+    /// refusal that needs a person to act.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ServerError::Unreachable { .. } => true,
+            ServerError::Api { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Life-cycle state of a personalization job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Created, no card key yet.
+    Created,
+    /// A card key was bound and a credential issued; not confirmed yet.
+    KeyBound,
+    /// The card is locked and the job confirmed.
+    Completed,
+}
+
+/// The card's static SCP03 keys (diversified from the office master key for this card).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scp03Keys {
+    /// Key version number.
+    pub kvn: u8,
+    /// Encryption key (hex).
+    pub enc: String,
+    /// MAC key (hex).
+    pub mac: String,
+    /// Data-encryption key (hex).
+    pub dek: String,
+}
+
+/// One attribute to write onto the card.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAttribute {
+    /// Attribute id.
+    pub attribute: u8,
+    /// 16-byte salt (hex).
+    pub salt: String,
+    /// Canonical value bytes (hex).
+    pub value: String,
+}
+
+/// A personalization job as the server describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonalizationJob {
+    /// Job id.
+    pub job_id: i64,
+    /// State.
+    pub state: JobState,
+    /// The card's serial (hex, 8 bytes).
+    pub card_serial: String,
+    /// Position in the status list.
+    pub status_index: u32,
+    /// The card's static keys.
+    pub scp03: Scp03Keys,
+    /// Root public key (hex, 33 bytes).
+    pub root_key: String,
+    /// Start of validity.
+    pub valid_from: u64,
+    /// End of validity.
+    pub valid_until: u64,
+    /// The attributes.
+    pub attributes: Vec<JobAttribute>,
+    /// Welfare points on the new card.
+    pub initial_points: u32,
+}
+
+/// A welfare-point grant for one card.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoucherGrant {
+    /// Wire bytes of the signed voucher.
+    pub voucher: Vec<u8>,
+    /// Wire bytes of the Voucher key's certificate.
+    pub voucher_cert: Vec<u8>,
+    /// The grant's sequence number.
+    pub seq: u32,
+}
+
+/// A terminal registered with the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisteredTerminal {
+    /// The server's id.
+    pub terminal_id: i64,
+    /// Key id (hex).
+    pub key_id: String,
+    /// Wire bytes of the root-signed certificate.
+    pub certificate: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    code: String,
+    message: String,
+}
+
+/// The client.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`), with an optional staff
+    /// bearer token.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            // 4xx/5xx answers carry a JSON reason we want to show.
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        auth: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ServerError> {
+        let url = self.url(path);
+        let unreachable = |e: ureq::Error| ServerError::Unreachable {
+            url: url.clone(),
+            detail: e.to_string(),
+        };
+        let bearer = match (&self.token, auth) {
+            (Some(t), true) => Some(format!("Bearer {t}")),
+            (None, true) => {
+                return Err(ServerError::Unauthorized {
+                    status: 401,
+                    message: "no token given".into(),
+                })
+            }
+            _ => None,
+        };
+        let mut response = match method {
+            "GET" => {
+                let mut r = self.agent.get(&url);
+                if let Some(b) = &bearer {
+                    r = r.header("Authorization", b);
+                }
+                r.call().map_err(unreachable)?
+            }
+            _ => {
+                let mut r = self.agent.post(&url);
+                if let Some(b) = &bearer {
+                    r = r.header("Authorization", b);
+                }
+                match body {
+                    Some(b) => r.send_json(b).map_err(unreachable)?,
+                    None => r.send_empty().map_err(unreachable)?,
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        if status < 400 {
+            return Ok(response);
+        }
+        let (code, message) = match response.body_mut().read_json::<ApiErrorBody>() {
+            Ok(e) => (e.code, e.message),
+            Err(_) => (String::from("unknown"), format!("HTTP {status} from {url}")),
+        };
+        if status == 401 || status == 403 {
+            return Err(ServerError::Unauthorized { status, message });
+        }
+        Err(ServerError::Api {
+            status,
+            code,
+            message,
+        })
+    }
+
+    fn json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<T, ServerError> {
+        response
+            .body_mut()
+            .read_json::<T>()
+            .map_err(|e| ServerError::BadResponse {
+                what: what.into(),
+                detail: e.to_string(),
+            })
+    }
+
+    fn bytes(
+        &self,
+        what: &str,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<Vec<u8>, ServerError> {
+        response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| ServerError::BadResponse {
+                what: what.into(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Creates the personalization job of an approved application, or resumes its unfinished
+    /// one. Returns the job and whether it is new.
+    pub fn create_job(
+        &self,
+        application_id: i64,
+        div_data: &[u8; 10],
+    ) -> Result<(PersonalizationJob, bool), ServerError> {
+        let body = serde_json::json!({
+            "application_id": application_id,
+            "card_div_data": hex::encode(div_data),
+        });
+        let r = self.call("POST", "/personalization-jobs", Some(&body), true)?;
+        let created = r.status().as_u16() == 201;
+        Ok((self.json("POST personalization-jobs", r)?, created))
+    }
+
+    /// Reads a job.
+    pub fn job(&self, job_id: i64) -> Result<PersonalizationJob, ServerError> {
+        let r = self.call(
+            "GET",
+            &format!("/personalization-jobs/{job_id}"),
+            None,
+            true,
+        )?;
+        self.json("GET personalization-jobs/{id}", r)
+    }
+
+    /// Binds the card's public key to the job; returns the credential's wire bytes.
+    pub fn bind_card_key(&self, job_id: i64, card_key: &[u8; 33]) -> Result<Vec<u8>, ServerError> {
+        #[derive(Deserialize)]
+        struct R {
+            credential: String,
+        }
+        let body = serde_json::json!({ "card_public_key": hex::encode(card_key) });
+        let r = self.call(
+            "POST",
+            &format!("/personalization-jobs/{job_id}/card-key"),
+            Some(&body),
+            true,
+        )?;
+        let r: R = self.json("POST card-key", r)?;
+        decode_hex("credential", &r.credential)
+    }
+
+    /// Confirms the job after the card was locked.
+    pub fn confirm(
+        &self,
+        job_id: i64,
+        card_key: &[u8; 33],
+    ) -> Result<PersonalizationJob, ServerError> {
+        let body = serde_json::json!({ "card_public_key": hex::encode(card_key) });
+        let r = self.call(
+            "POST",
+            &format!("/personalization-jobs/{job_id}/confirm"),
+            Some(&body),
+            true,
+        )?;
+        self.json("POST confirm", r)
+    }
+
+    /// Asks for a welfare-point voucher for the card `serial`.
+    pub fn voucher(&self, serial: &[u8; 8], amount: u32) -> Result<VoucherGrant, ServerError> {
+        #[derive(Deserialize)]
+        struct R {
+            voucher: String,
+            voucher_cert: String,
+            seq: u32,
+        }
+        let body = serde_json::json!({ "amount": amount });
+        let r = self.call(
+            "POST",
+            &format!("/cards/{}/vouchers", hex::encode(serial)),
+            Some(&body),
+            true,
+        )?;
+        let r: R = self.json("POST vouchers", r)?;
+        Ok(VoucherGrant {
+            voucher: decode_hex("voucher", &r.voucher)?,
+            voucher_cert: decode_hex("voucher_cert", &r.voucher_cert)?,
+            seq: r.seq,
+        })
+    }
+
+    /// Registers a terminal key (admin) and returns its root-signed certificate.
+    pub fn register_terminal(
+        &self,
+        subject: &str,
+        public_key: &[u8; 33],
+        services: &[&str],
+        region: u32,
+    ) -> Result<RegisteredTerminal, ServerError> {
+        #[derive(Deserialize)]
+        struct R {
+            terminal_id: i64,
+            key_id: String,
+            certificate: String,
+        }
+        let body = serde_json::json!({
+            "subject": subject,
+            "public_key": hex::encode(public_key),
+            "services": services,
+            "region": region,
+        });
+        let r = self.call("POST", "/terminals", Some(&body), true)?;
+        let r: R = self.json("POST terminals", r)?;
+        Ok(RegisteredTerminal {
+            terminal_id: r.terminal_id,
+            key_id: r.key_id,
+            certificate: decode_hex("certificate", &r.certificate)?,
+        })
+    }
+
+    /// The root public key (trust on first use: for diagnostics; a terminal has it built in).
+    pub fn root_key(&self) -> Result<PublicKey, ServerError> {
+        #[derive(Deserialize)]
+        struct R {
+            public_key: String,
+        }
+        let r = self.call("GET", "/root-key", None, false)?;
+        let r: R = self.json("GET root-key", r)?;
+        let bytes = decode_hex("public_key", &r.public_key)?;
+        PublicKey::from_sec1(&bytes).map_err(|e| ServerError::BadResponse {
+            what: "GET root-key".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The trust bundle's wire bytes.
+    pub fn trust_bundle(&self) -> Result<Vec<u8>, ServerError> {
+        let r = self.call("GET", "/trust-bundle", None, false)?;
+        self.bytes("GET trust-bundle", r)
+    }
+
+    /// The full status list's wire bytes.
+    pub fn status_list(&self) -> Result<Vec<u8>, ServerError> {
+        let r = self.call("GET", "/status-list", None, false)?;
+        self.bytes("GET status-list", r)
+    }
+}
+
+fn decode_hex(what: &str, s: &str) -> Result<Vec<u8>, ServerError> {
+    hex::decode(s).map_err(|e| ServerError::BadResponse {
+        what: what.into(),
+        detail: format!("not hex: {e}"),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_json_of_the_contract_parses() {
+        let j = r#"{"job_id": 7, "state": "key_bound", "card_serial": "0102030405060708",
+            "status_index": 42, "scp03": {"kvn": 48, "enc": "00112233445566778899aabbccddeeff",
+            "mac": "00112233445566778899aabbccddeeff", "dek": "00112233445566778899aabbccddeeff"},
+            "root_key": "02aa", "valid_from": 1, "valid_until": 2,
+            "attributes": [{"attribute": 1, "salt": "00", "value": "41"}], "initial_points": 100}"#;
+        let job: PersonalizationJob = serde_json::from_str(j).unwrap();
+        assert_eq!(job.state, JobState::KeyBound);
+        assert_eq!(job.scp03.kvn, 48);
+        assert_eq!(job.attributes.len(), 1);
+        let bad = j.replace("key_bound", "half_done");
+        assert!(serde_json::from_str::<PersonalizationJob>(&bad).is_err());
+    }
+
+    #[test]
+    fn an_unreachable_server_says_what_to_do() {
+        // Port 9 (discard) is closed on loopback here; the connection is refused at once.
+        let c = Client::new("http://127.0.0.1:9", Some("t".into()));
+        let e = c.job(1).unwrap_err();
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("issuance-server serve"), "{e}");
+    }
+
+    #[test]
+    fn a_call_that_needs_a_token_refuses_without_one() {
+        let c = Client::new("http://127.0.0.1:9", None);
+        let e = c.job(1).unwrap_err();
+        assert!(matches!(e, ServerError::Unauthorized { .. }));
+        assert!(e.to_string().contains("CARD_TOOL_TOKEN"), "{e}");
+        assert!(!e.is_transient());
+    }
+}

@@ -1,0 +1,938 @@
+//! The host side of the card protocol: SELECT, the tap as a terminal (TERMINAL AUTHENTICATE,
+//! DEBIT, GET BALANCE) and CREDIT, with every answer verified through shared-crypto.
+
+use std::fmt;
+
+use serde::Serialize;
+use shared_crypto::apdu::{
+    self, sw, ExchangeError, Transport, WireStats, AID, CLA_ISO, CLA_PROPRIETARY, INS_CREDIT,
+    INS_DEBIT, INS_GET_BALANCE, INS_SELECT, INS_TERMINAL_AUTHENTICATE,
+};
+use shared_crypto::model::{
+    transcript_hash, AttributeId, AttributeSet, AttributeValue, CredentialBody, CreditCommand,
+    DebitRequest, LifeCycle, ReceiptBody, Role, SelectResponse, Service, TapRequestBody,
+    TapResponseBody, TerminalAuth, TrustBundle, NONCE_LEN,
+};
+use shared_crypto::wire::{decode_versioned, encode_versioned};
+use shared_crypto::{PublicKey, Signed, Signer};
+
+/// Largest answer the tools accept (a tap answer is well under 1 KiB).
+const MAX_ANSWER: usize = 4096;
+
+/// Why a card exchange failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CardError<E: fmt::Display> {
+    /// The reader or the link failed.
+    #[error("{0}")]
+    Transport(E),
+    /// The card answered a step with an error status word.
+    #[error("the card refused {step} with status {sw:04X} ({meaning})")]
+    Status {
+        /// Which command.
+        step: &'static str,
+        /// The status word.
+        sw: u16,
+        /// What it means here.
+        meaning: &'static str,
+    },
+    /// The card does not answer like the applet.
+    #[error("the card's answer to {step} is malformed: {detail}")]
+    Malformed {
+        /// Which command.
+        step: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Verification of the card's answer failed.
+    #[error("the card's answer does not verify: {0}")]
+    Verification(String),
+    /// The card is not in the state this operation needs.
+    #[error("{0}")]
+    WrongState(String),
+}
+
+/// What an ISO status word means (for messages).
+pub fn sw_meaning(sw: u16) -> &'static str {
+    match sw {
+        sw::OK => "ok",
+        sw::BLOCKED => "selected, but the card is blocked",
+        sw::WRONG_LENGTH => "wrong length",
+        sw::LAST_COMMAND_EXPECTED => "last command of a chain expected",
+        sw::SECURITY_STATUS => "security status not satisfied",
+        sw::CONDITIONS => "conditions of use not satisfied",
+        sw::WRONG_DATA => "wrong data",
+        sw::WRONG_P1P2 => "wrong P1/P2",
+        sw::NOT_FOUND => "referenced data not found",
+        sw::INS_NOT_SUPPORTED => "instruction not supported (is this the applet?)",
+        sw::CLA_NOT_SUPPORTED => "class not supported",
+        0x6A82 => "application not found: the card does not hold the certificate applet",
+        _ => "unexpected status",
+    }
+}
+
+fn card_err<E: fmt::Display>(step: &'static str, e: ExchangeError<E>) -> CardError<E> {
+    match e {
+        ExchangeError::Transport(t) => CardError::Transport(t),
+        ExchangeError::Status(sw) => CardError::Status {
+            step,
+            sw,
+            meaning: sw_meaning(sw),
+        },
+        ExchangeError::ResponseTooLong => CardError::Malformed {
+            step,
+            detail: "answer too long".into(),
+        },
+        ExchangeError::Malformed => CardError::Malformed {
+            step,
+            detail: "answer shorter than a status word".into(),
+        },
+    }
+}
+
+/// One logical exchange (chaining and GET RESPONSE included) returning the answer's data.
+fn exchange<T: Transport>(
+    t: &mut T,
+    cla: u8,
+    ins: u8,
+    p1: u8,
+    data: &[u8],
+    le: bool,
+    stats: &mut WireStats,
+) -> Result<Vec<u8>, ExchangeError<T::Error>> {
+    let mut out = vec![0u8; MAX_ANSWER];
+    let n = apdu::exchange(t, cla, ins, p1, 0, data, le, &mut out, stats)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The applet's answer to SELECT: all a card says before a terminal authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CardInfo {
+    /// Applet version (major * 16 + minor).
+    pub applet_version: u8,
+    /// Life-cycle state.
+    #[serde(serialize_with = "ser_life_cycle")]
+    pub life_cycle: LifeCycle,
+    /// This session's card challenge.
+    #[serde(serialize_with = "ser_hex")]
+    pub challenge: [u8; NONCE_LEN],
+}
+
+fn ser_hex<S: serde::Serializer, B: AsRef<[u8]>>(b: &B, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(b))
+}
+
+fn ser_life_cycle<S: serde::Serializer>(l: &LifeCycle, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(life_cycle_name(*l))
+}
+
+/// Stable name of a life-cycle state.
+pub fn life_cycle_name(l: LifeCycle) -> &'static str {
+    match l {
+        LifeCycle::Blank => "BLANK",
+        LifeCycle::Personalized => "PERSONALIZED",
+        LifeCycle::Blocked => "BLOCKED",
+    }
+}
+
+/// The result of SELECT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selected {
+    /// The applet answered.
+    Applet(CardInfo),
+    /// The applet is there but the card is blocked (6283).
+    Blocked,
+    /// No applet with our AID (or not a card of ours).
+    NotOurCard(u16),
+}
+
+/// SELECTs the applet by AID.
+pub fn select<T: Transport>(
+    t: &mut T,
+    stats: &mut WireStats,
+) -> Result<Selected, CardError<T::Error>>
+where
+    T::Error: fmt::Display,
+{
+    match exchange(t, CLA_ISO, INS_SELECT, 0x04, &AID, true, stats) {
+        Ok(answer) => {
+            let info: SelectResponse =
+                decode_versioned(&answer).map_err(|e| CardError::Malformed {
+                    step: "SELECT",
+                    detail: e.to_string(),
+                })?;
+            Ok(Selected::Applet(CardInfo {
+                applet_version: info.applet_version,
+                life_cycle: info.life_cycle,
+                challenge: info.challenge,
+            }))
+        }
+        Err(ExchangeError::Status(sw::BLOCKED)) => Ok(Selected::Blocked),
+        Err(ExchangeError::Status(sw)) => Ok(Selected::NotOurCard(sw)),
+        Err(e) => Err(card_err("SELECT", e)),
+    }
+}
+
+/// SELECTs the applet and requires it to answer (any life cycle).
+pub fn select_applet<T: Transport>(
+    t: &mut T,
+    stats: &mut WireStats,
+) -> Result<CardInfo, CardError<T::Error>>
+where
+    T::Error: fmt::Display,
+{
+    match select(t, stats)? {
+        Selected::Applet(info) => Ok(info),
+        Selected::Blocked => Err(CardError::WrongState(
+            "the card is BLOCKED (an office blocked it): it answers nothing but SELECT".into(),
+        )),
+        Selected::NotOurCard(sw) => Err(CardError::Status {
+            step: "SELECT",
+            sw,
+            meaning: sw_meaning(sw),
+        }),
+    }
+}
+
+/// The keys a verifier trusts: the root key and a trust bundle it signed.
+pub struct Trust {
+    /// The root public key.
+    pub root: PublicKey,
+    /// Wire bytes of the trust bundle.
+    pub bundle: Vec<u8>,
+}
+
+/// What the terminal asks.
+#[derive(Clone, Copy, Debug)]
+pub struct TapRequest {
+    /// The service performed.
+    pub service: Service,
+    /// Attributes asked for (the card releases those the service's policy allows).
+    pub requested: AttributeSet,
+    /// The terminal's time (Unix seconds).
+    pub now: u64,
+    /// Welfare: points to debit after the authentication.
+    pub debit: Option<u32>,
+    /// Welfare: read the purse after the authentication (and after a debit).
+    pub read_balance: bool,
+}
+
+/// One disclosed attribute, shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShownAttribute {
+    /// Attribute id.
+    pub id: u8,
+    /// Stable name.
+    pub name: &'static str,
+    /// Human form of the value.
+    pub value: String,
+}
+
+/// A verified debit receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReceiptInfo {
+    /// Purse counter after the debit.
+    pub counter: u32,
+    /// Points debited.
+    pub amount: u32,
+    /// Balance after.
+    pub balance_after: u32,
+    /// Transaction reference (hex).
+    pub reference: String,
+    /// Receipt wire bytes (hex).
+    pub wire: String,
+}
+
+/// Exchanges and bytes of a tap, for diagnostics and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Wire {
+    /// Logical exchanges (command + whole answer).
+    pub exchanges: u32,
+    /// Physical APDUs (chained blocks and GET RESPONSEs included).
+    pub apdus: u32,
+    /// Bytes to the card.
+    pub bytes_out: u32,
+    /// Bytes from the card (status words included).
+    pub bytes_in: u32,
+}
+
+impl From<WireStats> for Wire {
+    fn from(s: WireStats) -> Self {
+        Wire {
+            exchanges: s.exchanges,
+            apdus: s.apdus,
+            bytes_out: s.bytes_out,
+            bytes_in: s.bytes_in,
+        }
+    }
+}
+
+impl Wire {
+    /// Both directions.
+    pub fn total_bytes(&self) -> u32 {
+        self.bytes_out + self.bytes_in
+    }
+
+    /// Time the bytes take on the air at `kbit_s` (ISO 14443 runs at 106 kbit/s at its slowest),
+    /// in milliseconds, counting 8 bits per byte (framing and parity overhead not included).
+    pub fn air_ms(&self, kbit_s: f64) -> f64 {
+        f64::from(self.total_bytes()) * 8.0 / kbit_s
+    }
+}
+
+/// The verified outcome of a tap.
+#[derive(Clone, Debug, Serialize)]
+pub struct TapReport {
+    /// The service.
+    pub service: &'static str,
+    /// Card serial (hex).
+    pub card_serial: String,
+    /// Status-list index.
+    pub status_index: u32,
+    /// Credential validity.
+    pub valid_from: u64,
+    /// Credential validity.
+    pub valid_until: u64,
+    /// Whether the credential is valid at the terminal's time.
+    pub valid_now: bool,
+    /// Key id of the credential's signer (hex).
+    pub issuer: String,
+    /// Whether the credential's signature was checked against a trusted Issuer key (needs the
+    /// root key and the trust bundle); without them only the card's signature is checked.
+    pub issuer_verified: bool,
+    /// The disclosed attributes (each checked against its signed digest).
+    pub attributes: Vec<ShownAttribute>,
+    /// The debit receipt, when one was asked for.
+    pub receipt: Option<ReceiptInfo>,
+    /// Purse balance and counter, when read.
+    pub balance: Option<(u32, u32)>,
+    /// SELECT + TERMINAL AUTHENTICATE (the tap proper).
+    pub tap_wire: Wire,
+    /// The same plus DEBIT and GET BALANCE when done.
+    pub total_wire: Wire,
+}
+
+/// Stable lower-case name of an attribute.
+pub fn attribute_name(id: AttributeId) -> &'static str {
+    match id {
+        AttributeId::Name => "name",
+        AttributeId::CertificateNumber => "certificate_number",
+        AttributeId::Category => "category",
+        AttributeId::Level => "level",
+        AttributeId::Region => "region",
+        AttributeId::BirthYear => "birth_year",
+        AttributeId::Entitlements => "entitlements",
+        AttributeId::PhotoDigest => "photo_digest",
+        AttributeId::CertificateExpiry => "certificate_expiry",
+    }
+}
+
+fn show_value(v: &AttributeValue<'_>) -> String {
+    use shared_crypto::model::Entitlements as E;
+    match v {
+        AttributeValue::Name(s) => (*s).to_owned(),
+        AttributeValue::CertificateNumber(c) => c.to_string(),
+        AttributeValue::Category(c) => format!("{} ({})", c.code(), c.name_en()),
+        AttributeValue::Level(l) => format!("{} ({})", l.get(), l.name_en()),
+        AttributeValue::Region(r) => format!("{r:06}"),
+        AttributeValue::BirthYear(y) => y.to_string(),
+        AttributeValue::Entitlements(e) => {
+            let names: Vec<&str> = [
+                (E::FREE_TRANSIT, "free_transit"),
+                (E::COMPANION, "companion"),
+                (E::REHAB_SUBSIDY, "rehab_subsidy"),
+                (E::QUOTA_EMPLOYMENT, "quota_employment"),
+                (E::WELFARE_POINTS, "welfare_points"),
+            ]
+            .iter()
+            .filter(|(f, _)| e.has(*f))
+            .map(|(_, n)| *n)
+            .collect();
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(",")
+            }
+        }
+        AttributeValue::PhotoDigest(d) => hex::encode(d),
+        AttributeValue::CertificateExpiry(t) => t.to_string(),
+    }
+}
+
+fn fresh_nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    // The OS RNG does not fail on Linux once booted; an all-zero nonce would only weaken this
+    // diagnostic session, never a key.
+    let _ = getrandom::fill(&mut n);
+    n
+}
+
+fn verification<E: fmt::Display>(what: &str) -> impl Fn(shared_crypto::Error) -> CardError<E> + '_ {
+    move |e| CardError::Verification(format!("{what}: {e}"))
+}
+
+/// Taps the card as a terminal: SELECT, TERMINAL AUTHENTICATE (and DEBIT / GET BALANCE for
+/// welfare when asked), verifying every answer.
+pub fn tap<T: Transport, K: Signer>(
+    t: &mut T,
+    key: &K,
+    terminal_cert: &[u8],
+    trust: Option<&Trust>,
+    request: &TapRequest,
+) -> Result<TapReport, CardError<T::Error>>
+where
+    T::Error: fmt::Display,
+{
+    let mut stats = WireStats::default();
+    let info = select_applet(t, &mut stats)?;
+    if info.life_cycle != LifeCycle::Personalized {
+        return Err(CardError::WrongState(format!(
+            "the card is {}: only a personalized card can be tapped",
+            life_cycle_name(info.life_cycle)
+        )));
+    }
+
+    // The request, signed with the card's challenge as context (single use).
+    let body = TapRequestBody {
+        terminal_nonce: fresh_nonce(),
+        service: request.service,
+        requested: request.requested,
+        time: request.now,
+    };
+    let request_wire = shared_crypto::sig::sign(&body, &info.challenge, key)
+        .map_err(|e| CardError::Verification(format!("signing the tap request: {e}")))?;
+    let cert = Signed::decode(terminal_cert).map_err(|e| {
+        CardError::WrongState(format!("the terminal certificate is malformed: {e}"))
+    })?;
+    let request_signed = Signed::decode(&request_wire)
+        .map_err(|e| CardError::WrongState(format!("internal: request envelope: {e}")))?;
+    let auth = encode_versioned(&TerminalAuth {
+        terminal_cert: cert,
+        request: request_signed,
+    });
+    let answer = exchange(
+        t,
+        CLA_PROPRIETARY,
+        INS_TERMINAL_AUTHENTICATE,
+        0,
+        &auth,
+        true,
+        &mut stats,
+    )
+    .map_err(|e| match e {
+        ExchangeError::Status(sw::SECURITY_STATUS) => CardError::Status {
+            step: "TERMINAL AUTHENTICATE",
+            sw: sw::SECURITY_STATUS,
+            meaning: "the card refused this terminal: its certificate is not signed by the \
+                      card's root, has expired, is not a Terminal certificate, does not allow \
+                      this service, or the request signature is wrong",
+        },
+        other => card_err("TERMINAL AUTHENTICATE", other),
+    })?;
+    let tap_wire = Wire::from(stats);
+
+    // Verify, then decode. The card key needed to check the envelope is inside the credential,
+    // so the credential is read first (and checked against the issuer when we can).
+    let envelope = Signed::decode(&answer).map_err(verification("tap answer envelope"))?;
+    let untrusted: TapResponseBody<'_> = envelope
+        .decode_trusted()
+        .map_err(verification("tap answer body"))?;
+    let credential_env = untrusted.credential;
+    let (credential, issuer_verified): (CredentialBody<'_>, bool) = match trust {
+        Some(trust) => {
+            let bundle = TrustBundle::verify(&trust.bundle, &trust.root, None)
+                .map_err(verification("trust bundle"))?;
+            let issuer = bundle
+                .find(&credential_env.signer, Role::Issuer, request.now)
+                .map_err(verification("credential issuer"))?;
+            (
+                credential_env
+                    .open(&[], &issuer.key)
+                    .map_err(verification("credential signature"))?,
+                true,
+            )
+        }
+        None => (
+            credential_env
+                .decode_trusted()
+                .map_err(verification("credential"))?,
+            false,
+        ),
+    };
+    credential
+        .check_structure()
+        .map_err(verification("credential structure"))?;
+    let card_key = credential
+        .card_public_key()
+        .map_err(verification("card key"))?;
+    let context = transcript_hash(&info.challenge, &auth);
+    let verified: TapResponseBody<'_> = envelope.open(&context, &card_key).map_err(
+        verification("card signature over the transcript (a copied credential?)"),
+    )?;
+    let released = credential
+        .check_disclosures(&verified.disclosures)
+        .map_err(verification("disclosures"))?;
+    let allowed = request
+        .requested
+        .intersect(request.service.release_policy());
+    if !released.is_subset_of(allowed) {
+        return Err(CardError::Verification(format!(
+            "the card released attributes beyond what {} may read",
+            request.service.name()
+        )));
+    }
+    let mut attributes = Vec::new();
+    for d in verified.disclosures.iter() {
+        let v = d.typed_value().map_err(verification("attribute value"))?;
+        attributes.push(ShownAttribute {
+            id: d.attribute as u8,
+            name: attribute_name(d.attribute),
+            value: show_value(&v),
+        });
+    }
+
+    let mut receipt = None;
+    if let Some(amount) = request.debit {
+        receipt = Some(debit(
+            t,
+            &card_key,
+            &credential,
+            key,
+            amount,
+            request.now,
+            &mut stats,
+        )?);
+    }
+    let balance = if request.read_balance {
+        Some(get_balance(t, &mut stats)?)
+    } else {
+        None
+    };
+
+    Ok(TapReport {
+        service: request.service.name(),
+        card_serial: hex::encode(credential.card_serial),
+        status_index: credential.status_index,
+        valid_from: credential.valid_from,
+        valid_until: credential.valid_until,
+        valid_now: credential.check_time(request.now).is_ok(),
+        issuer: hex::encode(credential_env.signer),
+        issuer_verified,
+        attributes,
+        receipt,
+        balance,
+        tap_wire,
+        total_wire: Wire::from(stats),
+    })
+}
+
+fn debit<T: Transport, K: Signer>(
+    t: &mut T,
+    card_key: &PublicKey,
+    credential: &CredentialBody<'_>,
+    terminal: &K,
+    amount: u32,
+    now: u64,
+    stats: &mut WireStats,
+) -> Result<ReceiptInfo, CardError<T::Error>>
+where
+    T::Error: fmt::Display,
+{
+    let reference = fresh_nonce();
+    let data = encode_versioned(&DebitRequest {
+        amount,
+        reference,
+        time: now,
+    });
+    let answer =
+        exchange(t, CLA_PROPRIETARY, INS_DEBIT, 0, &data, true, stats).map_err(|e| match e {
+            ExchangeError::Status(sw::CONDITIONS) => CardError::Status {
+                step: "DEBIT",
+                sw: sw::CONDITIONS,
+                meaning: "not enough points on the card",
+            },
+            other => card_err("DEBIT", other),
+        })?;
+    let env = Signed::decode(&answer).map_err(verification("receipt envelope"))?;
+    let r: ReceiptBody = env
+        .open(&[], card_key)
+        .map_err(verification("receipt signature"))?;
+    if r.card_serial != credential.card_serial
+        || r.amount != amount
+        || r.reference != reference
+        || r.terminal != terminal.key_id()
+        || r.time != now
+    {
+        return Err(CardError::Verification(
+            "the receipt does not match the debit asked for".into(),
+        ));
+    }
+    Ok(ReceiptInfo {
+        counter: r.counter,
+        amount: r.amount,
+        balance_after: r.balance_after,
+        reference: hex::encode(reference),
+        wire: hex::encode(&answer),
+    })
+}
+
+/// GET BALANCE: `(balance, counter)`; needs a Welfare authentication in this session.
+pub fn get_balance<T: Transport>(
+    t: &mut T,
+    stats: &mut WireStats,
+) -> Result<(u32, u32), CardError<T::Error>>
+where
+    T::Error: fmt::Display,
+{
+    // GET BALANCE carries Le = 08 (the answer has a fixed length), which `apdu::exchange` does
+    // not produce, so it goes out as one raw APDU.
+    let cmd = [CLA_PROPRIETARY, INS_GET_BALANCE, 0, 0, 8];
+    stats.exchanges += 1;
+    stats.apdus += 1;
+    stats.bytes_out += cmd.len() as u32;
+    let mut rsp = [0u8; 258];
+    let n = t.transceive(&cmd, &mut rsp).map_err(CardError::Transport)?;
+    stats.bytes_in += n as u32;
+    let rsp = rsp.get(..n).unwrap_or(&[]);
+    match rsp {
+        [b0, b1, b2, b3, c0, c1, c2, c3, 0x90, 0x00] => Ok((
+            u32::from_be_bytes([*b0, *b1, *b2, *b3]),
+            u32::from_be_bytes([*c0, *c1, *c2, *c3]),
+        )),
+        [.., s1, s2] if n == 2 => {
+            let sw = u16::from_be_bytes([*s1, *s2]);
+            Err(CardError::Status {
+                step: "GET BALANCE",
+                sw,
+                meaning: sw_meaning(sw),
+            })
+        }
+        _ => Err(CardError::Malformed {
+            step: "GET BALANCE",
+            detail: format!("{n} bytes"),
+        }),
+    }
+}
+
+/// CREDIT: hands a Voucher-signed grant to the card; returns the new balance.
+pub fn credit<T: Transport>(
+    t: &mut T,
+    voucher_cert: &[u8],
+    voucher: &[u8],
+    stats: &mut WireStats,
+) -> Result<u32, CardError<T::Error>>
+where
+    T::Error: fmt::Display,
+{
+    let command = CreditCommand {
+        voucher_cert: Signed::decode(voucher_cert).map_err(|e| {
+            CardError::WrongState(format!("the voucher certificate is malformed: {e}"))
+        })?,
+        voucher: Signed::decode(voucher)
+            .map_err(|e| CardError::WrongState(format!("the voucher is malformed: {e}")))?,
+    };
+    let data = encode_versioned(&command);
+    let answer =
+        exchange(t, CLA_PROPRIETARY, INS_CREDIT, 0, &data, true, stats).map_err(|e| match e {
+            ExchangeError::Status(sw::CONDITIONS) => CardError::Status {
+                step: "CREDIT",
+                sw: sw::CONDITIONS,
+                meaning: "the card refused the voucher: already credited (sequence not above the \
+                          last), expired, or for another card",
+            },
+            other => card_err("CREDIT", other),
+        })?;
+    match answer.as_slice() {
+        [a, b, c, d] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => Err(CardError::Malformed {
+            step: "CREDIT",
+            detail: format!("{} bytes instead of 4", answer.len()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The verifier against the real applet in memory (no pcscd): what a tap shows, and every
+    //! refusal.
+    use super::*;
+    use card_applet::host::CardProfile;
+    use card_applet::sim::{personalize_in_memory, InMemoryCard, TestRng};
+    use shared_crypto::model::{Disclosure, KeyCertificateBody, ServiceSet, TrustBundleBody};
+    use shared_crypto::wire::ItemsBuf;
+    use shared_crypto::P256Signer;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key(seed: u8) -> P256Signer {
+        P256Signer::from_bytes(&[seed; 32]).unwrap()
+    }
+
+    fn cert(root: &P256Signer, subject: &P256Signer, role: Role, services: &[Service]) -> Vec<u8> {
+        let body = KeyCertificateBody {
+            key_id: subject.public_key().key_id(),
+            role,
+            subject: "test",
+            region: 0,
+            services: ServiceSet::of(services),
+            public_key: subject.public_key().to_bytes(),
+            valid_from: NOW - 1000,
+            valid_until: NOW + 1000,
+        };
+        shared_crypto::sig::sign(&body, &[], root).unwrap()
+    }
+
+    struct Fixture {
+        card: InMemoryCard<TestRng>,
+        root: P256Signer,
+        terminal: P256Signer,
+        terminal_cert: Vec<u8>,
+        trust: Trust,
+    }
+
+    fn fixture() -> Fixture {
+        let master = [5u8; 16];
+        let div = [6u8; 10];
+        let mut card = InMemoryCard::blank(TestRng::new(1), &master, div).unwrap();
+        let (root, issuer, terminal) = (key(1), key(2), key(3));
+        let name = "Li Si".as_bytes();
+        let ent = [0x1Fu8];
+        let region = 110101u32.to_be_bytes();
+        let disclosures = [
+            Disclosure {
+                attribute: AttributeId::Name,
+                salt: [1; 16],
+                value: name,
+            },
+            Disclosure {
+                attribute: AttributeId::Region,
+                salt: [2; 16],
+                value: &region,
+            },
+            Disclosure {
+                attribute: AttributeId::Entitlements,
+                salt: [3; 16],
+                value: &ent,
+            },
+        ];
+        let profile = CardProfile {
+            card_serial: [0xAB; 8],
+            status_index: 7,
+            valid_from: NOW - 100,
+            valid_until: NOW + 100,
+            disclosures: &disclosures,
+            root_key: root.public_key(),
+            initial_points: 40,
+        };
+        let keys = shared_crypto::scp03::diversify(&master, &div);
+        personalize_in_memory(&mut card, &mut TestRng::new(2), &keys, &issuer, &profile).unwrap();
+        let issuer_cert = cert(&root, &issuer, Role::Issuer, &[]);
+        let certs: ItemsBuf = [Signed::decode(&issuer_cert).unwrap()]
+            .into_iter()
+            .collect();
+        let bundle = shared_crypto::sig::sign(
+            &TrustBundleBody {
+                epoch: 1,
+                issued_at: NOW,
+                certs: certs.as_items(),
+            },
+            &[],
+            &root,
+        )
+        .unwrap();
+        let terminal_cert = cert(&root, &terminal, Role::Terminal, Service::ALL);
+        Fixture {
+            card,
+            trust: Trust {
+                root: root.public_key(),
+                bundle,
+            },
+            root,
+            terminal,
+            terminal_cert,
+        }
+    }
+
+    fn request(service: Service) -> TapRequest {
+        TapRequest {
+            service,
+            requested: AttributeSet::ALL,
+            now: NOW,
+            debit: None,
+            read_balance: false,
+        }
+    }
+
+    #[test]
+    fn each_service_sees_only_what_its_policy_releases() {
+        let mut f = fixture();
+        for service in Service::ALL {
+            let r = tap(
+                &mut f.card,
+                &f.terminal,
+                &f.terminal_cert,
+                Some(&f.trust),
+                &request(*service),
+            )
+            .unwrap();
+            assert!(r.issuer_verified && r.valid_now);
+            assert_eq!(r.card_serial, "abababababababab");
+            let shown: Vec<&str> = r.attributes.iter().map(|a| a.name).collect();
+            let allowed: Vec<&str> = [
+                AttributeId::Name,
+                AttributeId::Region,
+                AttributeId::Entitlements,
+            ]
+            .into_iter()
+            .filter(|a| service.release_policy().contains(*a))
+            .map(attribute_name)
+            .collect();
+            assert_eq!(shown, allowed, "{}", service.name());
+            assert_eq!(r.tap_wire.exchanges, 2);
+        }
+    }
+
+    #[test]
+    fn welfare_debits_with_a_verified_receipt_and_refuses_an_empty_purse() {
+        let mut f = fixture();
+        let mut req = request(Service::Welfare);
+        req.debit = Some(15);
+        req.read_balance = true;
+        let r = tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &req).unwrap();
+        assert!(!r.issuer_verified);
+        let receipt = r.receipt.unwrap();
+        assert_eq!((receipt.amount, receipt.balance_after), (15, 25));
+        assert_eq!(r.balance, Some((25, receipt.counter)));
+        assert_eq!(r.total_wire.exchanges, 4);
+        req.debit = Some(26);
+        match tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &req) {
+            Err(CardError::Status {
+                sw: sw::CONDITIONS,
+                step: "DEBIT",
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_card_refuses_foreign_and_misused_terminal_certificates() {
+        let mut f = fixture();
+        let foreign = cert(&key(9), &f.terminal, Role::Terminal, Service::ALL);
+        let transit_only = cert(&f.root, &f.terminal, Role::Terminal, &[Service::Transit]);
+        let not_a_terminal = cert(&f.root, &f.terminal, Role::Voucher, Service::ALL);
+        for (what, c, service) in [
+            ("foreign root", &foreign, Service::Transit),
+            ("service not certified", &transit_only, Service::Employment),
+            ("wrong role", &not_a_terminal, Service::Transit),
+        ] {
+            match tap(&mut f.card, &f.terminal, c, None, &request(service)) {
+                Err(CardError::Status {
+                    sw: sw::SECURITY_STATUS,
+                    ..
+                }) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // A key that does not match the certificate.
+        match tap(
+            &mut f.card,
+            &key(4),
+            &f.terminal_cert,
+            None,
+            &request(Service::Transit),
+        ) {
+            Err(CardError::Status {
+                sw: sw::SECURITY_STATUS,
+                ..
+            }) => {}
+            other => panic!("wrong key: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_credential_from_an_untrusted_issuer_is_refused_by_the_verifier() {
+        let mut f = fixture();
+        // A bundle that holds another key as Issuer: the card's credential issuer is unknown.
+        let other = cert(&f.root, &key(8), Role::Issuer, &[]);
+        let certs: ItemsBuf = [Signed::decode(&other).unwrap()].into_iter().collect();
+        let bundle = shared_crypto::sig::sign(
+            &TrustBundleBody {
+                epoch: 1,
+                issued_at: NOW,
+                certs: certs.as_items(),
+            },
+            &[],
+            &f.root,
+        )
+        .unwrap();
+        let trust = Trust {
+            root: f.root.public_key(),
+            bundle,
+        };
+        match tap(
+            &mut f.card,
+            &f.terminal,
+            &f.terminal_cert,
+            Some(&trust),
+            &request(Service::Transit),
+        ) {
+            Err(CardError::Verification(m)) => assert!(m.contains("issuer"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A bundle signed by another root does not verify at all.
+        let trust = Trust {
+            root: key(9).public_key(),
+            bundle: f.trust.bundle.clone(),
+        };
+        assert!(matches!(
+            tap(
+                &mut f.card,
+                &f.terminal,
+                &f.terminal_cert,
+                Some(&trust),
+                &request(Service::Transit)
+            ),
+            Err(CardError::Verification(_))
+        ));
+    }
+
+    #[test]
+    fn a_blank_or_absent_card_is_not_tapped() {
+        let mut blank = InMemoryCard::blank(TestRng::new(3), &[1; 16], [2; 10]).unwrap();
+        let f = fixture();
+        match tap(
+            &mut blank,
+            &f.terminal,
+            &f.terminal_cert,
+            None,
+            &request(Service::Transit),
+        ) {
+            Err(CardError::WrongState(m)) => assert!(m.contains("BLANK"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        blank.remove();
+        assert!(matches!(
+            tap(
+                &mut blank,
+                &f.terminal,
+                &f.terminal_cert,
+                None,
+                &request(Service::Transit)
+            ),
+            Err(CardError::Transport(_))
+        ));
+    }
+
+    #[test]
+    fn air_time_at_106_kbits() {
+        let w = Wire {
+            exchanges: 2,
+            apdus: 3,
+            bytes_out: 300,
+            bytes_in: 400,
+        };
+        assert!((w.air_ms(106.0) - 700.0 * 8.0 / 106.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,315 @@
+//! The database: one sqlx `Any` pool over SQLite (default) or PostgreSQL, the embedded
+//! migrations, and [`WriteTx`], the only way the server changes anything.
+//!
+//! SQL is written once for both backends: `$1` placeholders (SQLite accepts them), BIGINT, TEXT
+//! and BLOB/BYTEA columns only, no backend-specific functions. The two migration folders differ
+//! in two spellings only (see `migrations/sqlite/0001_initial.sql`).
+//!
+//! Writers are serialized: on SQLite by an in-process gate plus `BEGIN IMMEDIATE` (so a
+//! transaction never has to upgrade its lock and fail with SQLITE_BUSY halfway), on PostgreSQL
+//! by locking the audit chain's head row first. Every writing transaction appends to the
+//! audit chain anyway, so it would serialize on the head at commit; taking the lock first makes
+//! the read-check-write logic of each request behave the same on both backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::AnyConnection;
+use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::audit::{self, AuditEntry, Head};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (a file in the data directory, WAL mode).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of_url(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            bail!("DATABASE_URL must start with sqlite: or postgres:// (it starts otherwise)")
+        }
+    }
+}
+
+/// The connection pool and what it takes to write safely.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    gate: Arc<Mutex<()>>,
+}
+
+impl Db {
+    /// Connects to `url` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let db = Self::connect_only(url).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Connects without migrating.
+    pub async fn connect_only(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let options = match backend {
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(8)
+                .min_connections(1)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // FULL: a commit is on disk before the client hears of it. WAL makes
+                        // that one fsync of the log per transaction.
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        Ok(())
+                    })
+                }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let pool = options
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to the {backend:?} database"))?;
+        if backend == Backend::Sqlite {
+            // Persistent in the file; set once here rather than on every connection, because
+            // changing it needs a lock that busy_timeout does not wait for.
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                .fetch_one(&pool)
+                .await?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                bail!("SQLite refused WAL mode (journal_mode is {mode})");
+            }
+        }
+        Ok(Db {
+            pool,
+            backend,
+            gate: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// Applies the embedded migrations that are not applied yet.
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .context("applying the database migrations")
+    }
+
+    /// The pool, for reads.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a writing transaction (see the module documentation).
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let gate = match self.backend {
+            Backend::Sqlite => Some(self.gate.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        let head_sql = match self.backend {
+            Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+            Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        };
+        let row = sqlx::query(head_sql).fetch_optional(&mut *tx).await?;
+        let head = match row {
+            Some(row) => Head::from_row(&row)?,
+            // Only `init` writes before the head exists: it creates it.
+            None => Head::genesis(),
+        };
+        Ok(WriteTx {
+            tx,
+            _gate: gate,
+            head,
+            entries: Vec::new(),
+        })
+    }
+}
+
+/// A writing transaction: the change and its audit entries commit together or not at all.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _gate: Option<OwnedMutexGuard<()>>,
+    head: Head,
+    entries: Vec<AuditEntry>,
+}
+
+impl WriteTx {
+    /// The connection, for queries inside the transaction.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Records an audit entry, written when the transaction commits. `details` must not hold
+    /// personal data (ids, states and reasons only).
+    pub fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        object: impl std::fmt::Display,
+        details: serde_json::Value,
+    ) {
+        self.entries.push(AuditEntry {
+            at: crate::now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            object: object.to_string(),
+            details: details.to_string(),
+        });
+    }
+
+    /// Appends the audit entries to the chain and commits. A transaction without an audit entry
+    /// is a bug and is rolled back.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if self.entries.is_empty() {
+            return Err(sqlx::Error::Protocol(
+                "a writing transaction must record an audit entry".into(),
+            ));
+        }
+        let entries = std::mem::take(&mut self.entries);
+        audit::append(&mut self.tx, self.head, &entries).await?;
+        self.tx.commit().await
+    }
+}
+
+/// Whether `e` says the database was busy (retrying may succeed): SQLite's BUSY/LOCKED, a pool
+/// timeout, or a PostgreSQL lock, serialization or deadlock failure.
+pub fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            matches!(
+                &*code,
+                "5" | "6" | "517" | "261" | "55P03" | "40001" | "40P01"
+            ) || d.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` is a unique-constraint violation (a race lost to another request).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Reads a non-null BIGINT column as `u64`, refusing negative values.
+pub fn get_u64(row: &sqlx::any::AnyRow, col: &str) -> Result<u64, sqlx::Error> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| sqlx::Error::Decode(format!("{col} is negative").into()))
+}
+
+/// Reads a BLOB column of exactly `N` bytes.
+pub fn get_array<const N: usize>(
+    row: &sqlx::any::AnyRow,
+    col: &str,
+) -> Result<[u8; N], sqlx::Error> {
+    let v: Vec<u8> = row.try_get(col)?;
+    v.try_into()
+        .map_err(|_| sqlx::Error::Decode(format!("{col} does not have {N} bytes").into()))
+}
+
+/// Converts a `u64` to the BIGINT the databases store (times, epochs, counts stay far below).
+pub fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Opens a plain connection to the PostgreSQL server of `url` (for creating and dropping test
+/// and bench databases).
+pub async fn pg_admin_connection(url: &str) -> Result<AnyConnection> {
+    sqlx::any::install_default_drivers();
+    AnyConnection::connect(url)
+        .await
+        .with_context(|| "connecting to PostgreSQL".to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The two migration folders must say the same thing: the PostgreSQL file is the SQLite
+    /// file with the two documented spellings changed (comments aside).
+    #[test]
+    fn migrations_are_the_same_on_both_backends() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut names: Vec<_> = std::fs::read_dir(dir.join("sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        let mut pg_names: Vec<_> = std::fs::read_dir(dir.join("postgres"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        pg_names.sort();
+        assert_eq!(names, pg_names);
+        assert!(!names.is_empty());
+        let strip = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with("--") && !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        for name in names {
+            let sqlite = std::fs::read_to_string(dir.join("sqlite").join(&name)).unwrap();
+            let pg = std::fs::read_to_string(dir.join("postgres").join(&name)).unwrap();
+            let translated = sqlite
+                .replace(
+                    "INTEGER PRIMARY KEY",
+                    "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+                )
+                .replace("BLOB", "BYTEA");
+            assert_eq!(strip(&translated), strip(&pg), "{name:?} differs");
+        }
+    }
+
+    #[test]
+    fn urls_name_their_backend() {
+        assert_eq!(
+            Backend::of_url("sqlite:///tmp/x.db").unwrap(),
+            Backend::Sqlite
+        );
+        assert_eq!(
+            Backend::of_url("postgres://root@127.0.0.1/test").unwrap(),
+            Backend::Postgres
+        );
+        assert!(Backend::of_url("mysql://x").is_err());
+    }
+}

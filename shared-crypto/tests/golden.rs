@@ -1,0 +1,136 @@
+//! Golden files: one encoded example of every format, checked in under `shared-crypto/golden/`.
+//!
+//! Each file is decoded (and, when signed, verified) by this test, and today's encoder must produce
+//! it byte for byte, so any format change shows up as a changed file in review. To accept a
+//! deliberate change: `UPDATE_GOLDEN=1 cargo test -p shared-crypto --test golden`, then bump the
+//! format version if old data can no longer be read.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use shared_crypto::model::*;
+use shared_crypto::Signed;
+
+fn golden(name: &str, fresh: &[u8]) -> Vec<u8> {
+    let path = format!("{}/golden/{name}.bin", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(format!("{}/golden", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        std::fs::write(&path, fresh).unwrap();
+    }
+    let stored = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}; run with UPDATE_GOLDEN=1 to create it"));
+    assert_eq!(
+        stored, fresh,
+        "{name}: the encoder no longer produces the golden bytes (a format change?)"
+    );
+    stored
+}
+
+#[test]
+fn every_format_matches_its_golden_file() {
+    let k = keys();
+    let h = holder();
+
+    let b = golden("credential", &credential(&k, &h));
+    let c: CredentialBody = Signed::decode(&b)
+        .unwrap()
+        .open(&[], &pk(&k.issuer))
+        .unwrap();
+    assert_eq!(c.status_index, 42);
+
+    let b = golden(
+        "key_certificate",
+        &cert(
+            &k.root,
+            &k.terminal,
+            Role::Terminal,
+            "bus 42",
+            ServiceSet(1),
+        ),
+    );
+    let s = Signed::decode(&b).unwrap();
+    KeyCertificate::verify(&s, &pk(&k.root), Role::Terminal, T0 + 1).unwrap();
+
+    let b = golden("trust_bundle", &trust_bundle(&k, 5));
+    assert_eq!(
+        TrustBundle::verify(&b, &pk(&k.root), None)
+            .unwrap()
+            .body
+            .certs
+            .len(),
+        3
+    );
+
+    let b = golden("status_list_signed", &status_list(&k, 3));
+    let l: StatusListBody = Signed::decode(&b)
+        .unwrap()
+        .open(&[], &pk(&k.status))
+        .unwrap();
+    assert_eq!(l.list, LIST_BYTES);
+
+    let b = golden("status_delta", &status_delta(&k));
+    let _: StatusDeltaBody = Signed::decode(&b)
+        .unwrap()
+        .open(&[], &pk(&k.status))
+        .unwrap();
+
+    let b = golden("tap_request", &tap_request(&k));
+    let _: TapRequestBody = Signed::decode(&b)
+        .unwrap()
+        .open(&CHALLENGE, &pk(&k.terminal))
+        .unwrap();
+
+    let auth = golden("terminal_auth", &terminal_auth(&k));
+    decode_command::<TerminalAuth>(&auth).unwrap();
+
+    let b = golden("tap_response", &tap_response(&k, &h));
+    let ctx = transcript_hash(&CHALLENGE, &auth);
+    let _: TapResponseBody = Signed::decode(&b)
+        .unwrap()
+        .open(&ctx, &pk(&k.card))
+        .unwrap();
+
+    let b = golden("receipt", &receipt(&k));
+    let r: ReceiptBody = Signed::decode(&b).unwrap().open(&[], &pk(&k.card)).unwrap();
+    assert_eq!(r, receipt_body());
+
+    let b = golden("voucher", &voucher(&k));
+    let _: VoucherBody = Signed::decode(&b)
+        .unwrap()
+        .open(&[], &pk(&k.voucher))
+        .unwrap();
+
+    let b = golden("service_rules", &service_rules(&k));
+    let _: ServiceRulesBody = Signed::decode(&b)
+        .unwrap()
+        .open(&[], &pk(&k.status))
+        .unwrap();
+
+    let b = golden("card_block", &card_block(&k));
+    let _: CardBlockBody = Signed::decode(&b)
+        .unwrap()
+        .open(&[], &pk(&k.issuer))
+        .unwrap();
+
+    let b = golden("log_batch", &log_batch(&k));
+    let lb: LogBatchBody = Signed::decode(&b)
+        .unwrap()
+        .open(&[], &pk(&k.terminal))
+        .unwrap();
+    lb.check_sequence().unwrap();
+
+    let b = golden("select_response", &select_response());
+    assert_eq!(
+        decode_command::<SelectResponse>(&b).unwrap().life_cycle,
+        LifeCycle::Personalized
+    );
+    let b = golden("debit_request", &debit_request());
+    assert_eq!(decode_command::<DebitRequest>(&b).unwrap().amount, 20);
+    let b = golden("credit_command", &credit_command(&k));
+    decode_command::<CreditCommand>(&b).unwrap();
+    let b = golden("block_command", &block_command(&k));
+    decode_command::<BlockCommand>(&b).unwrap();
+    let b = golden("tap_record", &tap_record_plain());
+    assert_eq!(decode_plain::<TapRecord>(&b).unwrap().seq, 5);
+}

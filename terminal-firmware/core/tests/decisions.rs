@@ -1,0 +1,649 @@
+//! Every decision path of a tap, with the real applet in memory (and, for the attacker's cards the
+//! applet refuses to become, the protocol emulator of `testkit`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use card_applet::sim::TestRng;
+use common::*;
+use shared_crypto::apdu::Transport;
+use shared_crypto::certno::{Category, Level};
+use shared_crypto::model::{
+    AttributeValue, Entitlements, Outcome, Reason, Service, ServiceSet, TapResponseBody,
+};
+use shared_crypto::sig::Signed;
+use shared_crypto::wire::decode_versioned;
+use terminal_core::testkit::{
+    block_card, forge_card, issue_card, lying_card, Attributes, CardSpec, EmulatedCard, Tamper,
+};
+use terminal_core::{PromptId, ServiceRequest};
+
+const SERVICES: [ServiceRequest; 4] = [
+    ServiceRequest::Transit,
+    ServiceRequest::Employment,
+    ServiceRequest::Rehab,
+    ServiceRequest::Welfare { amount: 10 },
+];
+
+fn assert_decision(d: &terminal_core::Decision, outcome: Outcome, reason: Reason) {
+    assert_eq!((d.outcome, d.reason), (outcome, reason), "{d:?}");
+    assert_eq!(d.signal.reason, reason);
+    assert_eq!(d.signal.outcome, outcome);
+}
+
+#[test]
+fn a_valid_card_is_accepted_by_every_service() {
+    let mut rig = Rig::new();
+    for (i, req) in SERVICES.into_iter().enumerate() {
+        let mut card = rig.card(1, 10);
+        rig.clock().advance(1);
+        let d = rig.t().tap(&mut card, req);
+        assert_decision(&d, Outcome::Accepted, Reason::Ok);
+        assert_eq!(d.card_serial, Some([0xC0, 0, 0, 0, 0, 0, 0, 1]));
+        assert_eq!(d.status_index, Some(10));
+        assert_eq!(d.log_seq, Some(i as u32));
+        assert_eq!(rig.t().feedback().count, i as u32 + 1);
+        assert_eq!(rig.t().feedback().last, Some(d.signal));
+        match req {
+            ServiceRequest::Employment => {
+                assert_eq!(d.holder.name(), Some("张三"));
+                assert_eq!(
+                    d.holder.certificate_number.unwrap().as_bytes(),
+                    *b"11010519491231002X42"
+                );
+                assert_eq!(d.holder.category, Some(Category::Physical));
+                assert_eq!(d.holder.level, Level::new(2));
+                assert_eq!(d.signal.prompt, PromptId::IdentityVerified);
+            }
+            ServiceRequest::Rehab => {
+                assert_eq!(d.holder.category, Some(Category::Physical));
+                assert_eq!(d.holder.name(), None, "rehab does not ask for the name");
+                assert_eq!(d.signal.prompt, PromptId::RehabRecorded);
+            }
+            ServiceRequest::Transit => {
+                assert_eq!(d.holder.name(), None, "transit asks for no identity");
+                assert_eq!(d.holder.certificate_number, None);
+                assert_eq!(d.holder.category, None);
+                assert_eq!(d.signal.prompt, PromptId::PleasePass);
+            }
+            ServiceRequest::Welfare { amount } => {
+                let debit = d.debit.unwrap();
+                assert_eq!(debit.amount, amount);
+                assert_eq!(debit.balance_after, 90);
+                assert_eq!(debit.counter, 1);
+                assert_eq!(card.applet().balance(), Some(90));
+                // The kept receipt is the card's signature over exactly this debit.
+                let receipt = Signed::decode(d.receipt().unwrap()).unwrap();
+                let card_key = card.applet().card_public_key().unwrap();
+                let body: shared_crypto::model::ReceiptBody = receipt.open(&[], &card_key).unwrap();
+                assert_eq!(body.reference, debit.reference);
+            }
+        }
+    }
+    // Two logical exchanges per tap, three for the welfare debit.
+    assert_eq!(rig.t().wire_stats().exchanges, 2 + 2 + 2 + 3);
+}
+
+#[test]
+fn a_revoked_card_is_refused_by_every_service() {
+    let mut rig = Rig::new();
+    for req in SERVICES {
+        let mut card = rig.card(2, REVOKED_INDEX);
+        let d = rig.t().tap(&mut card, req);
+        assert_decision(&d, Outcome::Refused, Reason::Revoked);
+        assert_eq!(d.signal.prompt, PromptId::CardBlocked);
+        assert!(d.debit.is_none());
+        assert_eq!(card.applet().balance(), Some(100), "nothing debited");
+    }
+}
+
+#[test]
+fn validity_window_is_checked_against_the_clock() {
+    let mut rig = Rig::new();
+    let expired = CardSpec::entitled(3, 11, T0 - 2 * YEAR, T0 - DAY);
+    let future = CardSpec::entitled(4, 12, T0 + DAY, T0 + YEAR);
+    for req in SERVICES {
+        let mut card = rig.card_with(&expired, 3);
+        assert_decision(
+            &rig.t().tap(&mut card, req),
+            Outcome::Refused,
+            Reason::Expired,
+        );
+        let mut card = rig.card_with(&future, 4);
+        assert_decision(
+            &rig.t().tap(&mut card, req),
+            Outcome::Refused,
+            Reason::NotYetValid,
+        );
+    }
+    // The certificate attribute can expire before the credential does.
+    let mut spec = CardSpec::entitled(5, 13, T0 - YEAR, T0 + YEAR);
+    spec.certificate_expiry = T0 - 1;
+    let mut card = rig.card_with(&spec, 5);
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::CertificateExpired);
+    assert_eq!(d.signal.prompt, PromptId::CardExpired);
+}
+
+#[test]
+fn a_forged_credential_is_refused() {
+    let mut rig = Rig::new();
+    let spec = CardSpec::entitled(6, 14, T0 - YEAR, T0 + YEAR);
+    for req in SERVICES {
+        let mut card = forge_card(&rig.auth, &spec, 6).unwrap();
+        let d = rig.t().tap(&mut card, req);
+        assert_decision(&d, Outcome::Refused, Reason::ForgedCredential);
+        assert_eq!(
+            d.card_serial, None,
+            "nothing of a forged credential is trusted"
+        );
+        assert_eq!(card.applet().balance(), Some(100));
+    }
+}
+
+#[test]
+fn a_credential_from_an_issuer_outside_the_bundle_is_refused() {
+    let mut rig = Rig::new();
+    let spec = CardSpec::entitled(7, 15, T0 - YEAR, T0 + YEAR);
+    // An Issuer certified by the root but not in the bundle.
+    let mut card = issue_card(&rig.auth, &spec, &rig.auth.other_issuer, 7).unwrap();
+    assert_decision(
+        &rig.t().tap(&mut card, ServiceRequest::Transit),
+        Outcome::Refused,
+        Reason::UnknownIssuer,
+    );
+    // A key in the bundle with another role (the StatusSigner) is not an Issuer.
+    let mut card = issue_card(&rig.auth, &spec, &rig.auth.status_signer, 8).unwrap();
+    assert_decision(
+        &rig.t().tap(&mut card, ServiceRequest::Employment),
+        Outcome::Refused,
+        Reason::UnknownIssuer,
+    );
+}
+
+/// Dumps what a card releases to a terminal (credential and disclosures) through a tap.
+fn dump(rig: &mut Rig, card: &mut impl Transport, req: ServiceRequest) -> (Vec<u8>, Vec<u8>) {
+    let mut answers: Vec<Vec<u8>> = Vec::new();
+    let mut tap = Tamper {
+        inner: card,
+        edit: |_cmd: &[u8], rsp: &mut [u8], n: usize| {
+            answers.push(rsp[..n].to_vec());
+            n
+        },
+    };
+    let d = rig.t().tap(&mut tap, req);
+    assert!(d.accepted());
+    // Reassemble the TERMINAL AUTHENTICATE answer: 61xx pieces and the final one.
+    let mut ta = Vec::new();
+    for a in answers.iter().skip(1) {
+        let (data, sw) = a.split_at(a.len() - 2);
+        if sw == [0x90, 0x00] && data.is_empty() {
+            continue; // a chained block's acknowledgement
+        }
+        ta.extend_from_slice(data);
+        if sw == [0x90, 0x00] {
+            break;
+        }
+    }
+    let response = Signed::decode(&ta).unwrap();
+    let body: TapResponseBody<'_> = decode_versioned(response.body).unwrap();
+    let mut cred = [0u8; 512];
+    let cred = body.credential.encode_into(&mut cred).unwrap().to_vec();
+    let disclosures = shared_crypto::wire::encode(&body.disclosures);
+    (cred, disclosures)
+}
+
+#[test]
+fn a_cloned_card_is_refused() {
+    let mut rig = Rig::new();
+    let mut original = rig.card(9, 16);
+    for req in SERVICES {
+        let (cred, disclosures) = dump(&mut rig, &mut original, req);
+        let items: shared_crypto::Items<'_, shared_crypto::model::Disclosure<'_>> =
+            shared_crypto::model::decode_plain(&disclosures).unwrap();
+        let list: Vec<_> = items.iter().collect();
+        let mut clone = EmulatedCard::clone_of(&cred, &list, 9).unwrap();
+        rig.clock().advance(3600);
+        let d = rig.t().tap(&mut clone, req);
+        assert_decision(&d, Outcome::Refused, Reason::ClonedCard);
+        assert!(d.debit.is_none());
+    }
+}
+
+#[test]
+fn a_replayed_answer_is_refused_as_a_clone() {
+    // The original card's own answer, recorded and replayed into a later session.
+    let mut rig = Rig::new();
+    let mut original = rig.card(10, 17);
+    let mut recorded: Vec<Vec<u8>> = Vec::new();
+    {
+        let mut rec = Tamper {
+            inner: &mut original,
+            edit: |_c: &[u8], rsp: &mut [u8], n: usize| {
+                recorded.push(rsp[..n].to_vec());
+                n
+            },
+        };
+        assert!(rig.t().tap(&mut rec, ServiceRequest::Transit).accepted());
+    }
+    rig.clock().advance(3600);
+    let mut i = 0;
+    let mut replay = Tamper {
+        inner: &mut original,
+        edit: |_c: &[u8], rsp: &mut [u8], n: usize| {
+            // SELECT answers live (fresh challenge); everything after is the old recording.
+            i += 1;
+            if i == 1 {
+                return n;
+            }
+            let old = &recorded[i - 1];
+            rsp[..old.len()].copy_from_slice(old);
+            old.len()
+        },
+    };
+    let d = rig.t().tap(&mut replay, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::ClonedCard);
+}
+
+#[test]
+fn a_disclosure_that_does_not_match_its_digest_is_refused() {
+    let mut rig = Rig::new();
+    let spec = CardSpec::entitled(11, 18, T0 - YEAR, T0 + YEAR);
+    // The attacker's own card, properly certified, lying about its entitlements.
+    let mut card = lying_card(
+        &rig.auth,
+        &CardSpec {
+            entitlements: 0,
+            ..spec
+        },
+        AttributeValue::Entitlements(Entitlements(Entitlements::ALL)),
+        11,
+    )
+    .unwrap();
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::DisclosureMismatch);
+    // And about the level, to an employer.
+    let mut card = lying_card(
+        &rig.auth,
+        &spec,
+        AttributeValue::Level(Level::new(1).unwrap()),
+        12,
+    )
+    .unwrap();
+    let d = rig.t().tap(&mut card, ServiceRequest::Employment);
+    assert_decision(&d, Outcome::Refused, Reason::DisclosureMismatch);
+    assert_eq!(
+        d.holder.name(),
+        None,
+        "nothing disclosed is shown after a refusal"
+    );
+    // The emulator itself is sound: the same card telling the truth is accepted.
+    let mut honest = lying_card(
+        &rig.auth,
+        &spec,
+        AttributeValue::Level(Level::new(2).unwrap()),
+        13,
+    )
+    .unwrap();
+    let d = rig.t().tap(&mut honest, ServiceRequest::Employment);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+}
+
+#[test]
+fn an_outdated_status_list_makes_the_terminal_ask_staff() {
+    let mut rig = Rig::new();
+    rig.clock().advance(7 * DAY);
+    let mut card = rig.card(12, 19);
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::AskStaff, Reason::StatusListOutdated);
+    assert_eq!(d.signal.prompt, PromptId::AskStaff);
+    // A card the old list already revokes is still refused as revoked.
+    let mut revoked = rig.card(13, REVOKED_INDEX);
+    let d = rig.t().tap(&mut revoked, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::Revoked);
+    // A fresh list restores normal decisions.
+    let now = rig.clock().0.get().unwrap();
+    let list = rig.status_list(2, now - 60, &[REVOKED_INDEX]);
+    rig.t().install_status_list(&list).unwrap();
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+}
+
+#[test]
+fn a_card_issued_after_the_list_is_not_in_it() {
+    let mut rig = Rig::new();
+    // Index beyond the list: issued after the list was signed -> not revoked.
+    let spec = CardSpec::entitled(14, LIST_SIZE + 3, T0 - 60, T0 + YEAR);
+    let mut card = rig.card_with(&spec, 14);
+    assert!(rig.t().tap(&mut card, ServiceRequest::Transit).accepted());
+    // Beyond the list but older than it: the list does not fit the credential.
+    let spec = CardSpec::entitled(15, LIST_SIZE + 4, T0 - YEAR, T0 + YEAR);
+    let mut card = rig.card_with(&spec, 15);
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::AskStaff, Reason::StatusListOutdated);
+}
+
+#[test]
+fn a_service_the_terminal_is_not_certified_for_is_refused_without_reading_the_card() {
+    let mut rig = Rig::with(ServiceSet::of(&[Service::Transit]), 8);
+    let mut card = rig.card(16, 20);
+    for req in &SERVICES[1..] {
+        let d = rig.t().tap(&mut card, *req);
+        assert_decision(&d, Outcome::Refused, Reason::ServiceNotAllowed);
+        assert_eq!(d.card_serial, None);
+    }
+    assert_eq!(rig.t().wire_stats().apdus, 0);
+    assert!(rig.t().tap(&mut card, ServiceRequest::Transit).accepted());
+}
+
+#[test]
+fn a_holder_without_the_entitlement_is_refused() {
+    let mut rig = Rig::new();
+    let mut spec = CardSpec::entitled(17, 21, T0 - YEAR, T0 + YEAR);
+    spec.entitlements = 0;
+    for req in SERVICES {
+        let mut card = rig.card_with(&spec, 17);
+        let d = rig.t().tap(&mut card, req);
+        assert_decision(&d, Outcome::Refused, Reason::NotEntitled);
+        assert_eq!(card.applet().balance(), Some(100));
+    }
+    // Each service needs its own flag.
+    spec.entitlements = Entitlements::ALL & !Entitlements::REHAB_SUBSIDY;
+    let mut card = rig.card_with(&spec, 18);
+    let d = rig.t().tap(&mut card, ServiceRequest::Rehab);
+    assert_decision(&d, Outcome::Refused, Reason::NotEntitled);
+    assert!(rig
+        .t()
+        .tap(&mut card, ServiceRequest::Employment)
+        .accepted());
+}
+
+#[test]
+fn welfare_debits_within_the_purse_and_the_limit() {
+    let mut rig = Rig::new();
+    let mut card = rig.card(18, 22);
+    let d = rig
+        .t()
+        .tap(&mut card, ServiceRequest::Welfare { amount: 51 });
+    assert_decision(&d, Outcome::Refused, Reason::AmountOverLimit);
+    let d = rig
+        .t()
+        .tap(&mut card, ServiceRequest::Welfare { amount: 0 });
+    assert_decision(&d, Outcome::Refused, Reason::AmountOverLimit);
+    for expected in [50, 0] {
+        let d = rig
+            .t()
+            .tap(&mut card, ServiceRequest::Welfare { amount: 50 });
+        assert_decision(&d, Outcome::Accepted, Reason::Ok);
+        assert_eq!(d.debit.unwrap().balance_after, expected);
+    }
+    let d = rig
+        .t()
+        .tap(&mut card, ServiceRequest::Welfare { amount: 1 });
+    assert_decision(&d, Outcome::Refused, Reason::PurseEmpty);
+    assert_eq!(d.signal.prompt, PromptId::NotEnoughPoints);
+    assert_eq!(card.applet().balance(), Some(0));
+}
+
+#[test]
+fn an_interrupted_debit_is_retried_without_debiting_twice() {
+    let mut rig = Rig::new();
+    let mut card = rig.card(19, 23);
+    // Store writes of a tap without a debit, measured on a twin card, to aim the cut at DEBIT.
+    let mut probe = rig.card(19, 23);
+    let before = probe.applet().store().writes();
+    assert!(rig.t().tap(&mut probe, ServiceRequest::Transit).accepted());
+    let tap_writes = probe.applet().store().writes() - before;
+    let mut balance = 100;
+    let mut interrupted = 0;
+    for cut in 0.. {
+        rig.clock().advance(120);
+        card.applet_mut()
+            .store_mut()
+            .cut_power_at(tap_writes + cut, 0);
+        let d = rig
+            .t()
+            .tap(&mut card, ServiceRequest::Welfare { amount: 7 });
+        if d.accepted() {
+            // The cut lies beyond the debit's writes: every write of DEBIT was covered.
+            balance -= 7;
+            assert_eq!(d.debit.unwrap().balance_after, balance);
+            card.applet_mut().store_mut().restore_power();
+            break;
+        }
+        assert_decision(&d, Outcome::Refused, Reason::DebitInterrupted);
+        assert_eq!(d.signal.prompt, PromptId::TapAgain);
+        interrupted += 1;
+        card.insert();
+        let d = rig
+            .t()
+            .tap(&mut card, ServiceRequest::Welfare { amount: 7 });
+        assert_decision(&d, Outcome::Accepted, Reason::Ok);
+        balance -= 7;
+        assert_eq!(d.debit.unwrap().balance_after, balance, "debited once");
+        assert_eq!(card.applet().balance(), Some(balance));
+    }
+    assert!(interrupted >= 1);
+}
+
+#[test]
+fn transit_companion_and_passback() {
+    let mut rig = Rig::new();
+    let mut with = rig.card(20, 24);
+    let mut spec = CardSpec::entitled(21, 25, T0 - YEAR, T0 + YEAR);
+    spec.entitlements = Entitlements::FREE_TRANSIT;
+    let mut without = rig.card_with(&spec, 21);
+
+    let d = rig.t().tap(&mut with, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    rig.clock().advance(10);
+    let d = rig.t().tap(&mut with, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Accepted, Reason::CompanionPassage);
+    assert_eq!(d.signal.prompt, PromptId::CompanionPass);
+    rig.clock().advance(10);
+    let d = rig.t().tap(&mut with, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::Passback);
+
+    let d = rig.t().tap(&mut without, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    rig.clock().advance(10);
+    let d = rig.t().tap(&mut without, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::Passback);
+    rig.clock().advance(61);
+    let d = rig.t().tap(&mut without, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+
+    // Outside the companion window, a companion card's second tap is a new passage after the
+    // passback time, and the memory survives a restart (rebuilt from the log).
+    rig.reboot();
+    let d = rig.t().tap(&mut with, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    rig.reboot();
+    rig.clock().advance(5);
+    let d = rig.t().tap(&mut with, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Accepted, Reason::CompanionPassage);
+    rig.reboot();
+    let d = rig.t().tap(&mut with, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::Passback);
+}
+
+#[test]
+fn rehab_sessions_keep_their_minimum_interval() {
+    let mut rig = Rig::new();
+    let mut card = rig.card(22, 26);
+    assert!(rig.t().tap(&mut card, ServiceRequest::Rehab).accepted());
+    rig.clock().advance(1800);
+    let d = rig.t().tap(&mut card, ServiceRequest::Rehab);
+    assert_decision(&d, Outcome::Refused, Reason::TooSoon);
+    rig.reboot();
+    let d = rig.t().tap(&mut card, ServiceRequest::Rehab);
+    assert_decision(&d, Outcome::Refused, Reason::TooSoon);
+    rig.clock().advance(1800);
+    assert!(rig.t().tap(&mut card, ServiceRequest::Rehab).accepted());
+}
+
+#[test]
+fn card_state_and_presence() {
+    let mut rig = Rig::new();
+    // Blocked by an Issuer-signed order.
+    let mut card = rig.card(23, 27);
+    block_card(&rig.auth, &mut card, [0xC0, 0, 0, 0, 0, 0, 0, 23], T0).unwrap();
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::CardBlocked);
+    // A blank card.
+    let mut blank =
+        card_applet::sim::InMemoryCard::blank(TestRng::new(5), &[7; 16], [1; 10]).unwrap();
+    let d = rig.t().tap(&mut blank, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::NotOurCard);
+    // Gone from the field.
+    let mut gone = rig.card(24, 28);
+    gone.remove();
+    let d = rig.t().tap(&mut gone, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::NoCard);
+    // Something that is not a card of ours at all.
+    let mut other = Tamper {
+        inner: rig.card(25, 29),
+        edit: |_c: &[u8], rsp: &mut [u8], _n: usize| {
+            rsp[..2].copy_from_slice(&[0x6A, 0x82]);
+            2
+        },
+    };
+    let d = rig.t().tap(&mut other, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::NotOurCard);
+}
+
+#[test]
+fn a_card_that_refuses_the_terminal_makes_it_ask_staff() {
+    // The terminal's certificate has expired: the card refuses it (6982).
+    let mut rig = Rig::new();
+    let mut card = rig.card(26, 30);
+    rig.clock().set(Some(T0 + 5 * YEAR + 1));
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::AskStaff, Reason::TerminalRejected);
+}
+
+#[test]
+fn a_damaged_answer_is_refused() {
+    let mut rig = Rig::new();
+    // Truncated answer to TERMINAL AUTHENTICATE.
+    let mut n_calls = 0;
+    let mut card = Tamper {
+        inner: rig.card(27, 31),
+        edit: |_c: &[u8], rsp: &mut [u8], n: usize| {
+            n_calls += 1;
+            if n_calls == 2 && n > 40 {
+                let sw = [rsp[n - 2], rsp[n - 1]];
+                rsp[30..32].copy_from_slice(&sw);
+                return 32;
+            }
+            n
+        },
+    };
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::Malformed);
+    // One flipped bit in the card's transcript signature (the end of the answer's last piece).
+    let mut card = Tamper {
+        inner: rig.card(28, 32),
+        edit: |_c: &[u8], rsp: &mut [u8], n: usize| {
+            if n > 40 && rsp[n - 2..n] == [0x90, 0x00] {
+                rsp[n - 10] ^= 0x01;
+            }
+            n
+        },
+    };
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::ClonedCard);
+    // One flipped bit in the credential's issuer signature, which sits before the body of the
+    // answer's disclosures: the credential is checked first.
+    let mut card = Tamper {
+        inner: rig.card(29, 34),
+        edit: |c: &[u8], rsp: &mut [u8], n: usize| {
+            if c[1] == 0x82 && c[0] & 0x10 == 0 && n > 40 {
+                // The answer opens with signer(8), body length, body version, then the
+                // credential envelope: its signer (8), body, sig. Flip a byte of the credential
+                // body's card key (well inside the first 120 bytes).
+                rsp[100] ^= 0x01;
+            }
+            n
+        },
+    };
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::Refused, Reason::ForgedCredential);
+}
+
+#[test]
+fn without_clock_or_provisioning_the_terminal_asks_staff() {
+    let mut rig = Rig::new();
+    let mut card = rig.card(29, 33);
+    rig.clock().set(None);
+    let d = rig.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::AskStaff, Reason::ClockUnset);
+    assert_eq!(d.time, None);
+
+    let mut bare = Rig::bare(all_services(), 8);
+    let d = bare.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::AskStaff, Reason::NotProvisioned);
+    // Bundle and list but no rules: still not provisioned.
+    let b = bare.bundle(1);
+    bare.t().install_trust_bundle(&b).unwrap();
+    let l = bare.status_list(1, T0, &[]);
+    bare.t().install_status_list(&l).unwrap();
+    let d = bare.t().tap(&mut card, ServiceRequest::Transit);
+    assert_decision(&d, Outcome::AskStaff, Reason::NotProvisioned);
+    let r = bare.rules(1);
+    bare.t().install_service_rules(&r).unwrap();
+    assert!(bare.t().tap(&mut card, ServiceRequest::Transit).accepted());
+}
+
+#[test]
+fn the_terminal_asks_only_for_what_the_service_needs() {
+    use terminal_core::terminal::requested_attributes;
+    for s in Service::ALL {
+        let r = requested_attributes(*s);
+        assert!(r.is_subset_of(s.release_policy()));
+        assert!(r.contains(shared_crypto::model::AttributeId::Entitlements));
+    }
+    assert!(
+        !requested_attributes(Service::Transit).contains(shared_crypto::model::AttributeId::Name)
+    );
+    assert!(!requested_attributes(Service::Rehab).contains(shared_crypto::model::AttributeId::Name));
+    // The salts of an attribute set are what makes digests unlinkable across cards.
+    let spec = CardSpec::entitled(1, 1, 0, 1);
+    let a = Attributes::of(&spec, 1).unwrap();
+    let b = Attributes::of(&spec, 2).unwrap();
+    assert_ne!(a.disclosures()[0].digest(), b.disclosures()[0].digest());
+}
+
+#[test]
+fn a_clone_that_refuses_the_debit_is_still_a_clone() {
+    // Without a fresh receipt the transcript is checked: a clone answering "not enough points"
+    // is refused as a clone, and a genuine card with an empty purse as an empty purse.
+    let mut rig = Rig::new();
+    let spec = CardSpec::entitled(30, 35, T0 - YEAR, T0 + YEAR);
+    let original = rig.card_with(&spec, 30);
+    let key = original.applet().card_public_key().unwrap().to_sec1();
+    let clone = terminal_core::testkit::clone_card(&rig.auth, &spec, &key, 30).unwrap();
+    let refuse_debit = |c: &[u8], rsp: &mut [u8], n: usize| {
+        if c[1] == 0x30 {
+            rsp[..2].copy_from_slice(&[0x69, 0x85]);
+            return 2;
+        }
+        n
+    };
+    let mut clone = Tamper {
+        inner: clone,
+        edit: refuse_debit,
+    };
+    let d = rig
+        .t()
+        .tap(&mut clone, ServiceRequest::Welfare { amount: 5 });
+    assert_decision(&d, Outcome::Refused, Reason::ClonedCard);
+    let mut genuine = Tamper {
+        inner: original,
+        edit: refuse_debit,
+    };
+    let d = rig
+        .t()
+        .tap(&mut genuine, ServiceRequest::Welfare { amount: 5 });
+    assert_decision(&d, Outcome::Refused, Reason::PurseEmpty);
+}

@@ -28,6 +28,8 @@ use crate::workspace::{self, cargo, Package};
 pub const BENCHES: &[(&str, &[&str])] = &[
     ("status_list", &["run", "--release", "-p", "shared-crypto", "--features", "std", "--example", "bench_status_list"]),
     ("terminal_m4", &["run", "--release", "-p", "terminal-core", "--features", "std", "--example", "bench_m4"]),
+    ("card", &["run", "--release", "-p", "card-tool", "--example", "bench_card"]),
+    ("issuance", &["bench", "-p", "issuance-server", "--bench", "issuance"]),
 ];
 
 /// Options of `cargo xtask bench`.

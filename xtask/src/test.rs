@@ -93,7 +93,8 @@ pub fn run_all(root: &Path, options: &Options) -> Result<bool> {
     );
     steps.run("cargo test --workspace", || {
         let mut cmd = cargo();
-        cmd.args(["test", "--workspace"]);
+        // --no-fail-fast: one failing test binary must not hide the results of all the others.
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
         if !options.test_args.is_empty() {
             cmd.arg("--").args(&options.test_args);
         }

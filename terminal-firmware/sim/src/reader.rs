@@ -32,7 +32,15 @@ impl Transport for PcscCard {
     type Error = pcsc::Error;
 
     fn transceive(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, pcsc::Error> {
-        Ok(self.card.transmit(command, response)?.len())
+        let n = self.card.transmit(command, response)?.len();
+        // Every ISO 7816 answer ends with a two-byte status word. Some readers (vpcd among them)
+        // report a card that left the field mid-command as an empty answer rather than an error;
+        // that is a lost card, not a malformed one, so the core treats it as an interrupted
+        // exchange (a torn debit is then retried with the same reference, never repeated).
+        if n < 2 {
+            return Err(pcsc::Error::RemovedCard);
+        }
+        Ok(n)
     }
 }
 

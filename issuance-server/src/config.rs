@@ -36,6 +36,21 @@ pub struct Config {
     pub max_delta_epochs: u64,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// A log batch whose `created_at` differs from the server's clock at arrival by more than
+    /// this many seconds is a `clock_drift` anomaly.
+    pub clock_drift_bound_s: u64,
+    /// Fastest plausible travel between two taps of one card, in km/h (`impossible_travel`
+    /// when both terminals have a location).
+    pub travel_max_speed_kmh: u32,
+    /// Terminal clocks may disagree by this much: the time between two taps is taken as this
+    /// many seconds longer before the speed is judged.
+    pub travel_slack_s: u64,
+    /// Without locations: taps of one card in two provinces less than this many seconds apart
+    /// are `impossible_travel`.
+    pub travel_province_window_s: u64,
+    /// Usage statistics count days in this time zone (seconds east of UTC; China Standard Time
+    /// by default), so that a day is the day of the people who tapped.
+    pub stats_utc_offset_s: i32,
 }
 
 impl Default for Config {
@@ -53,6 +68,11 @@ impl Default for Config {
             status_refresh_s: 12 * 3600,
             max_delta_epochs: 100_000,
             max_body_bytes: 512 * 1024,
+            clock_drift_bound_s: 300,
+            travel_max_speed_kmh: 250,
+            travel_slack_s: 60,
+            travel_province_window_s: 30 * 60,
+            stats_utc_offset_s: 8 * 3600,
         }
     }
 }
@@ -93,6 +113,21 @@ impl Config {
         }
         if self.max_body_bytes < 4096 {
             bail!("`max_body_bytes` must be at least 4096");
+        }
+        if self.clock_drift_bound_s == 0 {
+            bail!("`clock_drift_bound_s` must be at least 1");
+        }
+        if !(1..=2000).contains(&self.travel_max_speed_kmh) {
+            bail!("`travel_max_speed_kmh` must be 1 to 2000 (km/h)");
+        }
+        if self.travel_slack_s > 3600 {
+            bail!("`travel_slack_s` must be at most 3600");
+        }
+        if self.travel_province_window_s > 86_400 {
+            bail!("`travel_province_window_s` must be at most 86400 (one day)");
+        }
+        if self.stats_utc_offset_s.unsigned_abs() > 14 * 3600 {
+            bail!("`stats_utc_offset_s` must be within 14 hours of UTC (-50400 to 50400)");
         }
         Ok(())
     }
@@ -136,5 +171,41 @@ mod tests {
             ..Config::default()
         };
         assert!(c.check().is_err());
+        for bad in [
+            Config {
+                clock_drift_bound_s: 0,
+                ..Config::default()
+            },
+            Config {
+                travel_max_speed_kmh: 0,
+                ..Config::default()
+            },
+            Config {
+                travel_max_speed_kmh: 2001,
+                ..Config::default()
+            },
+            Config {
+                travel_slack_s: 3601,
+                ..Config::default()
+            },
+            Config {
+                travel_province_window_s: 86_401,
+                ..Config::default()
+            },
+            Config {
+                stats_utc_offset_s: -14 * 3600 - 1,
+                ..Config::default()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        let edge = Config {
+            travel_max_speed_kmh: 2000,
+            travel_slack_s: 0,
+            travel_province_window_s: 0,
+            stats_utc_offset_s: 14 * 3600,
+            ..Config::default()
+        };
+        edge.check().unwrap();
     }
 }

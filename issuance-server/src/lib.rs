@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+pub mod anomalies;
 pub mod applications;
 pub mod audit;
 pub mod auth;
@@ -33,14 +34,17 @@ pub mod config;
 pub mod db;
 pub mod distribution;
 pub mod error;
+pub mod ingest;
 pub mod jobs;
 pub mod keys;
+pub mod ledger;
 pub mod office;
 pub mod openapi;
 pub mod server;
 pub mod stats;
 pub mod status;
 pub mod terminals;
+pub mod usage;
 
 /// Unix seconds now.
 pub fn now() -> u64 {
@@ -109,6 +113,9 @@ pub fn app(state: AppState) -> Router {
         .merge(auth::router())
         .merge(audit::router())
         .merge(stats::router())
+        .merge(usage::router())
+        .merge(ledger::router())
+        .merge(anomalies::router())
         .route("/openapi.json", get(openapi::document))
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method);

@@ -1,5 +1,6 @@
 //! Statistics for auditors: counts of applications, cards, jobs, revocations, terminals, and tap
-//! usage per service, region and day (from the uploaded tap logs). No personal data.
+//! usage per service, region and day (from the uploaded tap logs, suppressed like
+//! [`crate::usage`]). No personal data.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,6 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use shared_crypto::model::Service;
 use sqlx::Row;
 
 use crate::auth::{Role, Staff};
@@ -20,19 +20,24 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/stats", get(stats))
 }
 
-/// Taps of one service in one region on one day.
+/// Taps of one service in one region on one day: a cell of the usage table
+/// ([`crate::usage`]), suppressed the same way (fewer than 5 distinct cards: counts withheld).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Usage {
-    /// Day (Unix seconds / 86400).
-    pub day: u64,
+    /// Day (days since 1970-01-01 in the office's time zone).
+    pub day: i64,
+    /// The same day, `YYYY-MM-DD`.
+    pub date: String,
     /// Service name.
     pub service: String,
     /// Terminal's region.
     pub region: u64,
+    /// Counts withheld.
+    pub suppressed: bool,
     /// Number of taps.
-    pub taps: u64,
+    pub taps: Option<u64>,
     /// Of which accepted.
-    pub accepted: u64,
+    pub accepted: Option<u64>,
 }
 
 /// The statistics.
@@ -56,7 +61,7 @@ pub struct Stats {
     pub receipts: u64,
     /// Anomalies found in tap logs.
     pub anomalies: u64,
-    /// Tap usage, newest day first (at most 500 rows).
+    /// Tap usage, newest day first (at most 500 cells; see `GET /stats/usage` for the rest).
     pub usage: Vec<Usage>,
 }
 
@@ -80,29 +85,21 @@ async fn stats(State(state): State<AppState>, staff: Staff) -> ApiResult<Json<St
     let mut conn = pool.acquire().await?;
     let epoch = crate::status::current_epoch(&mut conn).await?;
     drop(conn);
-    let rows = sqlx::query(
-        "SELECT t.time / 86400 AS day, t.service AS service, m.region AS region, \
-         COUNT(*) AS taps, \
-         COUNT(CASE WHEN t.outcome = 0 THEN 1 END) AS accepted \
-         FROM taps t JOIN terminals m ON m.id = t.terminal_id \
-         GROUP BY t.time / 86400, t.service, m.region \
-         ORDER BY day DESC, service, region LIMIT 500",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut usage = Vec::with_capacity(rows.len());
-    for r in rows {
-        let service = u8::try_from(get_u64(&r, "service")?).unwrap_or(u8::MAX);
-        usage.push(Usage {
-            day: get_u64(&r, "day")?,
-            service: Service::try_from(service)
-                .map(|s| s.name().to_owned())
-                .unwrap_or_else(|_| format!("service {service}")),
-            region: get_u64(&r, "region")?,
-            taps: get_u64(&r, "taps")?,
-            accepted: get_u64(&r, "accepted")?,
-        });
-    }
+    let cells = crate::usage::compute(&state, crate::usage::Filter::default()).await?;
+    let usage = cells
+        .into_iter()
+        .rev()
+        .take(500)
+        .map(|c| Usage {
+            day: c.day,
+            date: c.date,
+            service: c.service,
+            region: u64::from(c.region),
+            suppressed: c.suppressed,
+            taps: c.taps,
+            accepted: c.accepted,
+        })
+        .collect();
     Ok(Json(Stats {
         applications: grouped(
             pool,

@@ -1,22 +1,22 @@
-//! Terminals: an admin registers a terminal's public key with its services and region and gets
-//! its root-signed Terminal key certificate; terminals upload their signed tap logs, which feed
-//! the points ledger (each card-signed receipt once) and the anomaly list.
+//! Terminals: an admin registers a terminal's public key with its services, region and (optional)
+//! location and gets its root-signed Terminal key certificate; terminals upload their signed tap
+//! logs ([`crate::ingest`]), which feed the points ledger (each card-signed receipt once) and the
+//! anomaly list.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use shared_crypto::model::{
-    LogBatchBody, Outcome, ReceiptBody, Role as KeyRole, Service, ServiceSet, MAX_SUBJECT_LEN,
-};
-use shared_crypto::{PublicKey, Signed};
+use shared_crypto::model::{Role as KeyRole, Service, ServiceSet, MAX_SUBJECT_LEN};
+use shared_crypto::PublicKey;
 use sqlx::Row;
 
 use crate::auth::{Role, Staff};
 use crate::cards::parse_key_id;
-use crate::db::{get_u64, i64_of, WriteTx};
+use crate::db::{get_array, get_u64, i64_of};
 use crate::error::{hex_array, ApiError, ApiResult, Json, Path, RawBody};
+use crate::ingest::{self, UploadAnswer, Uploader};
 use crate::keys::{certify, CertRequest};
 use crate::AppState;
 
@@ -34,6 +34,35 @@ struct NewTerminal {
     public_key: String,
     services: Vec<String>,
     region: u32,
+    #[serde(default)]
+    location: Option<Location>,
+}
+
+/// Where a terminal stands, in micro-degrees (WGS 84): latitude -90e6..=90e6, longitude
+/// -180e6..=180e6. Used by the impossible-travel check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// Latitude, micro-degrees north (negative: south).
+    pub latitude: i64,
+    /// Longitude, micro-degrees east (negative: west).
+    pub longitude: i64,
+}
+
+impl Location {
+    fn check(&self) -> ApiResult<()> {
+        if (-90_000_000..=90_000_000).contains(&self.latitude)
+            && (-180_000_000..=180_000_000).contains(&self.longitude)
+        {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                "invalid_location",
+                "location is {latitude, longitude} in micro-degrees: latitude -90000000 to \
+                 90000000, longitude -180000000 to 180000000",
+            ))
+        }
+    }
 }
 
 /// A registered terminal.
@@ -49,6 +78,8 @@ pub struct TerminalJson {
     pub services: Vec<String>,
     /// Region.
     pub region: u32,
+    /// Location, if registered.
+    pub location: Option<Location>,
     /// End of the certificate's validity.
     pub valid_until: u64,
     /// The root-signed certificate (hex).
@@ -108,6 +139,9 @@ async fn register(
             "region must be a 6-digit administrative division code, or 0 for national",
         ));
     }
+    if let Some(l) = &body.location {
+        l.check()?;
+    }
     let now = crate::now();
     let valid_until = now + u64::from(state.config.terminal_validity_days) * 86_400;
     let cert = certify(
@@ -138,8 +172,8 @@ async fn register(
     }
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO terminals (key_id, subject, public_key, services, region, certificate, \
-         valid_until, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         RETURNING id",
+         valid_until, created_by, created_at, latitude, longitude) VALUES ($1, $2, $3, $4, $5, \
+         $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(key_id.to_vec())
     .bind(subject)
@@ -150,6 +184,8 @@ async fn register(
     .bind(i64_of(valid_until))
     .bind(staff.id)
     .bind(i64_of(now))
+    .bind(body.location.map(|l| l.latitude))
+    .bind(body.location.map(|l| l.longitude))
     .fetch_one(tx.conn())
     .await?;
     tx.audit(
@@ -160,6 +196,7 @@ async fn register(
             "key_id": hex::encode(key_id),
             "services": service_names(services.0),
             "region": body.region,
+            "located": body.location.is_some(),
         }),
     );
     tx.commit().await?;
@@ -171,6 +208,7 @@ async fn register(
             subject: subject.to_owned(),
             services: service_names(services.0),
             region: body.region,
+            location: body.location,
             valid_until,
             certificate: hex::encode(cert),
         }),
@@ -180,8 +218,8 @@ async fn register(
 async fn list(State(state): State<AppState>, staff: Staff) -> ApiResult<Json<Vec<TerminalJson>>> {
     staff.require(&[Role::Admin, Role::Auditor])?;
     let rows = sqlx::query(
-        "SELECT id, key_id, subject, services, region, valid_until, certificate FROM terminals \
-         ORDER BY id",
+        "SELECT id, key_id, subject, services, region, valid_until, certificate, latitude, \
+         longitude FROM terminals ORDER BY id",
     )
     .fetch_all(state.db.pool())
     .await?;
@@ -196,6 +234,13 @@ async fn list(State(state): State<AppState>, staff: Staff) -> ApiResult<Json<Vec
             subject: r.try_get("subject")?,
             services: service_names(services),
             region: u32::try_from(get_u64(&r, "region")?).unwrap_or(0),
+            location: r
+                .try_get::<Option<i64>, _>("latitude")?
+                .zip(r.try_get::<Option<i64>, _>("longitude")?)
+                .map(|(latitude, longitude)| Location {
+                    latitude,
+                    longitude,
+                }),
             valid_until: get_u64(&r, "valid_until")?,
             certificate: hex::encode(cert),
         });
@@ -203,35 +248,13 @@ async fn list(State(state): State<AppState>, staff: Staff) -> ApiResult<Json<Vec
     Ok(Json(out))
 }
 
-async fn anomaly(
-    tx: &mut WriteTx,
-    kind: &str,
-    terminal_id: i64,
-    serial: Option<&[u8; 8]>,
-    detail: String,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO anomalies (kind, terminal_id, card_serial, detail, found_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(kind)
-    .bind(terminal_id)
-    .bind(serial.map(|s| s.to_vec()))
-    .bind(detail)
-    .bind(i64_of(crate::now()))
-    .execute(tx.conn())
-    .await?;
-    Ok(())
-}
-
-/// Accepts a terminal-signed log batch: verified with the registered terminal key, stored once
-/// (a repeated batch answers `duplicate: true`), each card-signed receipt verified with the
-/// card's key and kept once per (card, counter).
+/// Accepts a terminal-signed log batch (see [`crate::ingest`]): authenticated by its signature
+/// under the registered terminal key.
 async fn upload_logs(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
     RawBody(wire): RawBody,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<UploadAnswer>> {
     let key_id = parse_key_id(&key_id)?;
     let row = sqlx::query("SELECT id, public_key FROM terminals WHERE key_id = $1")
         .bind(key_id.to_vec())
@@ -243,205 +266,10 @@ async fn upload_logs(
                 "no terminal with this key id is registered at this office",
             )
         })?;
-    let terminal_id: i64 = row.try_get("id")?;
-    let pk: Vec<u8> = row.try_get("public_key")?;
-    let terminal_key =
-        PublicKey::from_sec1(&pk).map_err(|_| anyhow::anyhow!("stored terminal key invalid"))?;
-    let signed = Signed::decode(&wire).map_err(|e| {
-        ApiError::bad_request(
-            "malformed_batch",
-            format!("the body is not a signed object: {e}"),
-        )
-    })?;
-    let batch: LogBatchBody<'_> = signed.open(&[], &terminal_key).map_err(|e| {
-        ApiError::refused(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            e.code(),
-            format!("the log batch does not verify under this terminal's key: {e}"),
-        )
-    })?;
-    if batch.terminal != key_id {
-        return Err(ApiError::invalid(
-            "wrong_terminal",
-            "the batch names another terminal than the URL",
-        ));
-    }
-    batch.check_sequence().map_err(|_| {
-        ApiError::invalid(
-            "malformed_batch",
-            "the batch's records do not run from first_seq to last_seq without gaps",
-        )
-    })?;
-
-    let mut tx = state.db.begin_write().await?;
-    let existing: Option<Vec<u8>> = sqlx::query_scalar(
-        "SELECT wire FROM log_batches WHERE terminal_id = $1 AND first_seq = $2",
-    )
-    .bind(terminal_id)
-    .bind(i64::from(batch.first_seq))
-    .fetch_optional(tx.conn())
-    .await?;
-    if let Some(w) = existing {
-        if w == wire.as_ref() {
-            return Ok(Json(serde_json::json!({"accepted": 0, "duplicate": true})));
-        }
-        return Err(ApiError::conflict(
-            "batch_conflict",
-            "a different batch starting at the same sequence number was uploaded before",
-        ));
-    }
-    let batch_id: i64 = sqlx::query_scalar(
-        "INSERT INTO log_batches (terminal_id, first_seq, last_seq, terminal_time, wire, \
-         received_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-    )
-    .bind(terminal_id)
-    .bind(i64::from(batch.first_seq))
-    .bind(i64::from(batch.last_seq))
-    .bind(i64_of(batch.created_at))
-    .bind(wire.to_vec())
-    .bind(i64_of(crate::now()))
-    .fetch_one(tx.conn())
-    .await?;
-    let mut accepted = 0u64;
-    let mut receipts = 0u64;
-    let mut anomalies = 0u64;
-    for rec in batch.records.iter() {
-        let done = sqlx::query(
-            "INSERT INTO taps (terminal_id, seq, time, service, outcome, reason, card_serial, \
-             status_index, status_epoch, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(terminal_id)
-        .bind(i64::from(rec.seq))
-        .bind(i64_of(rec.time))
-        .bind(i64::from(rec.service as u8))
-        .bind(i64::from(rec.outcome as u8))
-        .bind(i64::from(rec.reason as u8))
-        .bind(rec.card_serial.map(|s| s.to_vec()))
-        .bind(rec.status_index.map(i64::from))
-        .bind(i64_of(rec.status_epoch))
-        .bind(batch_id)
-        .execute(tx.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            continue; // an overlapping batch carried this record already
-        }
-        accepted += 1;
-        if let (Outcome::Accepted, Some(serial)) = (rec.outcome, rec.card_serial) {
-            let revoked_epoch: Option<i64> = sqlx::query_scalar(
-                "SELECT r.epoch FROM revocations r JOIN cards c ON c.id = r.card_id \
-                 WHERE c.serial = $1",
-            )
-            .bind(serial.to_vec())
-            .fetch_optional(tx.conn())
-            .await?;
-            if let Some(e) = revoked_epoch {
-                if i64_of(rec.status_epoch) < e {
-                    anomalies += 1;
-                    anomaly(
-                        &mut tx,
-                        "revoked_card_accepted",
-                        terminal_id,
-                        Some(&serial),
-                        format!(
-                            "tap {} used status epoch {} but the card was revoked in epoch {e}",
-                            rec.seq, rec.status_epoch
-                        ),
-                    )
-                    .await?;
-                }
-            }
-        }
-        let Some(receipt) = rec.receipt else { continue };
-        let Some(serial) = rec.card_serial else {
-            anomalies += 1;
-            anomaly(
-                &mut tx,
-                "bad_receipt",
-                terminal_id,
-                None,
-                format!("tap {} has a receipt but no card", rec.seq),
-            )
-            .await?;
-            continue;
-        };
-        let card_key: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT card_key FROM cards WHERE serial = $1")
-                .bind(serial.to_vec())
-                .fetch_optional(tx.conn())
-                .await?;
-        let verified = card_key
-            .as_deref()
-            .and_then(|k| PublicKey::from_sec1(k).ok())
-            .and_then(|k| receipt.open::<ReceiptBody>(&[], &k).ok());
-        let Some(r) = verified.filter(|r| r.card_serial == serial && r.terminal == key_id) else {
-            anomalies += 1;
-            anomaly(
-                &mut tx,
-                "bad_receipt",
-                terminal_id,
-                Some(&serial),
-                format!(
-                    "tap {}: the receipt does not verify with the card's key",
-                    rec.seq
-                ),
-            )
-            .await?;
-            continue;
-        };
-        let receipt_wire = receipt.to_vec();
-        let stored: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT wire FROM receipts WHERE card_serial = $1 AND counter = $2")
-                .bind(serial.to_vec())
-                .bind(i64::from(r.counter))
-                .fetch_optional(tx.conn())
-                .await?;
-        match stored {
-            Some(w) if w == receipt_wire => {}
-            Some(_) => {
-                anomalies += 1;
-                anomaly(
-                    &mut tx,
-                    "counter_seen_twice",
-                    terminal_id,
-                    Some(&serial),
-                    format!("two different receipts with purse counter {}", r.counter),
-                )
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO receipts (card_serial, counter, amount, balance_after, \
-                     terminal_id, time, reference, wire) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(serial.to_vec())
-                .bind(i64::from(r.counter))
-                .bind(i64::from(r.amount))
-                .bind(i64::from(r.balance_after))
-                .bind(terminal_id)
-                .bind(i64_of(r.time))
-                .bind(r.reference.to_vec())
-                .bind(receipt_wire)
-                .execute(tx.conn())
-                .await?;
-                receipts += 1;
-            }
-        }
-    }
-    tx.audit(
-        &format!("terminal:{}", hex::encode(key_id)),
-        "logs.upload",
-        format!("log_batch:{batch_id}"),
-        serde_json::json!({
-            "first_seq": batch.first_seq,
-            "last_seq": batch.last_seq,
-            "accepted": accepted,
-            "receipts": receipts,
-            "anomalies": anomalies,
-        }),
-    );
-    tx.commit().await?;
-    Ok(Json(
-        serde_json::json!({"accepted": accepted, "duplicate": false}),
-    ))
+    let uploader = Uploader {
+        id: row.try_get("id")?,
+        key_id,
+        public_key: get_array(&row, "public_key")?,
+    };
+    Ok(Json(ingest::upload(&state, uploader, wire).await?))
 }

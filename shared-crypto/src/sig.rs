@@ -109,6 +109,16 @@ impl PublicKey {
         key_id_of(&self.sec1)
     }
 
+    /// The uncompressed SEC1 encoding (`04 || x || y`, 65 bytes): the form verifiers that do not
+    /// decompress points themselves take (ring's `ECDSA_P256_SHA256_FIXED` on the server). The
+    /// wire always carries the compressed form.
+    pub fn to_sec1_uncompressed(&self) -> [u8; 65] {
+        let point = self.key.to_sec1_point(false);
+        // A valid key's uncompressed encoding is always 65 bytes; all zeros (never a valid
+        // encoding, so every verification with it fails) cannot happen.
+        <[u8; 65]>::try_from(point.as_bytes()).unwrap_or([0u8; 65])
+    }
+
     /// Verifies `sig` (64 bytes `r || s`) over the concatenation of `parts`, hashed with SHA-256.
     ///
     /// This is the single verification path of the platform: the domain-tagged API below and the
@@ -219,6 +229,57 @@ impl Signer for P256Signer {
     }
 }
 
+/// The exact message a signature covers: `tag || signer || context || body`.
+///
+/// The one definition of the signature input, used by [`Signed::verify`] and [`sign_body`] here
+/// and by verifiers elsewhere (the server checks receipts and log batches with ring over
+/// [`SigningInput::to_vec`]), so that signer and verifiers cannot drift apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigningInput<'a> {
+    tag: [u8; 1],
+    signer: KeyId,
+    context: &'a [u8],
+    body: &'a [u8],
+}
+
+impl<'a> SigningInput<'a> {
+    /// The input for a signature of kind `domain` by key `signer` with `context` over `body`.
+    pub fn new(domain: Domain, signer: KeyId, context: &'a [u8], body: &'a [u8]) -> Self {
+        SigningInput {
+            tag: [domain as u8],
+            signer,
+            context,
+            body,
+        }
+    }
+
+    /// The four parts in order: the one-byte domain tag, the signer's key id, the context and
+    /// the body. SHA-256 over their concatenation is what ECDSA signs.
+    pub fn parts(&self) -> [&[u8]; 4] {
+        [&self.tag, &self.signer, self.context, self.body]
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        1 + self.signer.len() + self.context.len() + self.body.len()
+    }
+
+    /// Whether the input is empty (never: the tag and signer are always there).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The concatenated message, for verifiers that take one byte string.
+    #[cfg(feature = "alloc")]
+    pub fn to_vec(&self) -> alloc::vec::Vec<u8> {
+        let mut v = alloc::vec::Vec::with_capacity(self.len());
+        for p in self.parts() {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+}
+
 /// A signed object as it travels: `postcard({ signer: [u8; 8], body: bytes, sig: [u8; 64] })`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signed<'a> {
@@ -251,11 +312,19 @@ impl<'a> Signed<'a> {
                 found: self.signer,
             });
         }
-        key.verify_parts(
-            &[&[domain as u8], &self.signer, context, self.body],
-            &self.sig.0,
-        )?;
+        key.verify_parts(&self.signing_input(domain, context).parts(), &self.sig.0)?;
         Ok(self.body)
+    }
+
+    /// What the signature covers if this envelope is of kind `domain` with `context`: the input
+    /// for verifying it with another library. The envelope's own `signer` is part of it, so the
+    /// caller must still check that `signer` is the id of the key it verifies with (as
+    /// [`Signed::verify`] does).
+    pub fn signing_input<'c>(&self, domain: Domain, context: &'c [u8]) -> SigningInput<'c>
+    where
+        'a: 'c,
+    {
+        SigningInput::new(domain, self.signer, context, self.body)
     }
 
     /// Verifies, then decodes the body as `T` (version checked first, trailing bytes refused).
@@ -290,7 +359,7 @@ pub fn sign_body<'a, S: Signer + ?Sized>(
     body: &'a [u8],
 ) -> Result<Signed<'a>, SignError> {
     let id = signer.key_id();
-    let sig = signer.sign_parts(&[&[domain as u8], &id, context, body])?;
+    let sig = signer.sign_parts(&SigningInput::new(domain, id, context, body).parts())?;
     Ok(Signed {
         signer: id,
         body,

@@ -608,3 +608,59 @@ fn rejects_non_canonical_encodings() {
         Err(Error::Malformed { .. })
     ));
 }
+
+#[test]
+fn signing_input_is_what_signer_and_verifier_use() {
+    use shared_crypto::sig::SigningInput;
+    let k = keys();
+    let wire = receipt(&k);
+    let s = Signed::decode(&wire).unwrap();
+    let key = pk(&k.card);
+    let input = s.signing_input(Domain::Receipt, &[]);
+    // The documented layout: tag || signer || context || body.
+    let mut expected = vec![Domain::Receipt as u8];
+    expected.extend_from_slice(&key.key_id());
+    expected.extend_from_slice(s.body);
+    assert_eq!(input.to_vec(), expected);
+    assert_eq!(input.len(), expected.len());
+    assert_eq!(input.parts().concat(), expected);
+    // The signature verifies over the one concatenated string as well as over the parts...
+    key.verify_parts(&[&expected], &s.sig.0).unwrap();
+    key.verify_parts(&input.parts(), &s.sig.0).unwrap();
+    // ...and not over the input of another kind or context.
+    let other = s.signing_input(Domain::Voucher, &[]);
+    assert_eq!(
+        key.verify_parts(&other.parts(), &s.sig.0),
+        Err(Error::Signature)
+    );
+    let ctx = s.signing_input(Domain::Receipt, b"x");
+    assert_eq!(ctx.to_vec()[9], b'x');
+    assert_eq!(
+        key.verify_parts(&ctx.parts(), &s.sig.0),
+        Err(Error::Signature)
+    );
+    // A context sits between the signer and the body.
+    let with_ctx = SigningInput::new(Domain::TapRequest, [1; 8], &[9, 9], &[5]);
+    assert_eq!(with_ctx.to_vec(), [0x06, 1, 1, 1, 1, 1, 1, 1, 1, 9, 9, 5]);
+    assert!(!with_ctx.is_empty());
+    // What sign_body signs is exactly this input.
+    let signed = sign_body(&k.stranger, Domain::LogBatch, b"ctx", b"body").unwrap();
+    let input = SigningInput::new(Domain::LogBatch, signed.signer, b"ctx", b"body");
+    pk(&k.stranger)
+        .verify_parts(&[&input.to_vec()], &signed.sig.0)
+        .unwrap();
+}
+
+#[test]
+fn uncompressed_keys_decode_to_the_same_key() {
+    let k = keys();
+    for signer in [&k.card, &k.terminal, &k.root] {
+        let key = pk(signer);
+        let u = key.to_sec1_uncompressed();
+        assert_eq!(u[0], 0x04);
+        assert_eq!(&u[1..33], &key.to_sec1()[1..]);
+        // The parity of y is what the compressed prefix says.
+        assert_eq!(u[64] & 1, key.to_sec1()[0] & 1);
+        assert_eq!(PublicKey::from_sec1_any(&u).unwrap(), key);
+    }
+}

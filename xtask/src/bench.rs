@@ -30,6 +30,7 @@ pub const BENCHES: &[(&str, &[&str])] = &[
     ("terminal_m4", &["run", "--release", "-p", "terminal-core", "--features", "std", "--example", "bench_m4"]),
     ("card", &["run", "--release", "-p", "card-tool", "--example", "bench_card"]),
     ("issuance", &["bench", "-p", "issuance-server", "--bench", "issuance"]),
+    ("ingest", &["bench", "-p", "issuance-server", "--bench", "ingest"]),
 ];
 
 /// Options of `cargo xtask bench`.

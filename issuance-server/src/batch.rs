@@ -128,13 +128,26 @@ fn sign_page(
     })
 }
 
-/// Multi-row INSERT statements by row count.
-#[derive(Default)]
-struct InsertSql(HashMap<usize, String>);
+/// Multi-row INSERT statements by row count, with the placeholders of the backend.
+struct InsertSql {
+    /// `$N` (PostgreSQL) or `?` (SQLite). sqlx's SQLite driver looks each `$N` up by name in a
+    /// list, which makes a 6,000-parameter statement cost time quadratic in its size; plain `?`
+    /// placeholders are bound by position.
+    numbered: bool,
+    by_rows: HashMap<usize, String>,
+}
 
 impl InsertSql {
+    fn new(backend: Backend) -> Self {
+        InsertSql {
+            numbered: backend == Backend::Postgres,
+            by_rows: HashMap::new(),
+        }
+    }
+
     fn get(&mut self, rows: usize) -> String {
-        self.0
+        let numbered = self.numbered;
+        self.by_rows
             .entry(rows)
             .or_insert_with(|| {
                 let mut sql = String::from(
@@ -146,15 +159,19 @@ impl InsertSql {
                     if r > 0 {
                         sql.push(',');
                     }
-                    sql.push_str(&format!(
-                        "(${},${},${},${},${},${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    ));
+                    if numbered {
+                        sql.push_str(&format!(
+                            "(${},${},${},${},${},${})",
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 6
+                        ));
+                    } else {
+                        sql.push_str("(?,?,?,?,?,?)");
+                    }
                 }
                 sql
             })
@@ -259,7 +276,7 @@ pub async fn reissue_all(
             }
         }
     });
-    let mut sql = InsertSql::default();
+    let mut sql = InsertSql::new(state.db.backend());
     let issuer_key_id = state.keys.issuer.key_id().to_vec();
     let mut total = 0u64;
     let mut write_error = None;

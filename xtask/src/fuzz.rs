@@ -62,12 +62,10 @@ fn crate_with<'a>(crates: &'a [FuzzCrate], name: &str) -> Result<&'a FuzzCrate> 
     }
 }
 
-/// Runs fuzz target `name` for `seconds`, installing cargo-fuzz and nightly first if missing.
-pub fn run_target(root: &Path, name: &str, seconds: u64) -> Result<bool> {
-    let crates = fuzz_crates(root)?;
-    let krate = crate_with(&crates, name)?;
-    let mut steps = Steps::new(&format!("cargo xtask fuzz: {name} for {seconds} s"));
-    steps.run("nightly toolchain", || {
+/// Installs the nightly toolchain and cargo-fuzz when missing, one step each; true when both are
+/// there afterwards. Shared by `cargo xtask fuzz` and the fuzz smoke step of `cargo xtask test`.
+pub fn ensure_fuzz_tools(steps: &mut Steps) -> bool {
+    let nightly = steps.run("nightly toolchain", || {
         if nightly_installed() {
             return Ok(Outcome::PassNote("installed".into()));
         }
@@ -80,13 +78,22 @@ pub fn run_target(root: &Path, name: &str, seconds: u64) -> Result<bool> {
         ]))?;
         Ok(Outcome::PassNote("installed now".into()))
     });
-    let tool = steps.run("cargo-fuzz", || {
-        if cargo_fuzz_installed() {
-            return Ok(Outcome::PassNote("installed".into()));
-        }
-        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
-        Ok(Outcome::PassNote("installed now".into()))
-    });
+    nightly
+        && steps.run("cargo-fuzz", || {
+            if cargo_fuzz_installed() {
+                return Ok(Outcome::PassNote("installed".into()));
+            }
+            run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+            Ok(Outcome::PassNote("installed now".into()))
+        })
+}
+
+/// Runs fuzz target `name` for `seconds`, installing cargo-fuzz and nightly first if missing.
+pub fn run_target(root: &Path, name: &str, seconds: u64) -> Result<bool> {
+    let crates = fuzz_crates(root)?;
+    let krate = crate_with(&crates, name)?;
+    let mut steps = Steps::new(&format!("cargo xtask fuzz: {name} for {seconds} s"));
+    let tool = ensure_fuzz_tools(&mut steps);
     if tool {
         steps.run(&format!("fuzz {name} for {seconds} s"), || {
             run(&mut fuzz_run_command(&krate.dir, name, seconds))?;

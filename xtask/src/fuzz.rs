@@ -96,7 +96,7 @@ pub fn run_target(root: &Path, name: &str, seconds: u64) -> Result<bool> {
     let tool = ensure_fuzz_tools(&mut steps);
     if tool {
         steps.run(&format!("fuzz {name} for {seconds} s"), || {
-            run(&mut fuzz_run_command(&krate.dir, name, seconds))?;
+            run(&mut fuzz_run_command(&krate.dir, name, seconds, &[]))?;
             Ok(Outcome::Pass)
         });
     }

@@ -276,7 +276,9 @@ fn fuzz_smoke(steps: &mut Steps, root: &Path, options: &Options) {
         let built = steps.run(&format!("fuzz: build {rel}"), || {
             run(cargo()
                 .arg("+nightly")
-                .args(["fuzz", "build", "--fuzz-dir"])
+                .args(["fuzz", "build"])
+                .args(SMOKE_FLAGS)
+                .arg("--fuzz-dir")
                 .arg(&krate.dir))?;
             Ok(Outcome::Pass)
         });
@@ -288,7 +290,7 @@ fn fuzz_smoke(steps: &mut Steps, root: &Path, options: &Options) {
             }
             steps.run(&name, || {
                 run_with_timeout(
-                    &mut fuzz_run_command(&krate.dir, target, options.fuzz_seconds),
+                    &mut fuzz_run_command(&krate.dir, target, options.fuzz_seconds, SMOKE_FLAGS),
                     // libFuzzer stops itself after max_total_time; the limit is only a backstop.
                     Duration::from_secs(options.fuzz_seconds + 120),
                 )?;
@@ -298,13 +300,20 @@ fn fuzz_smoke(steps: &mut Steps, root: &Path, options: &Options) {
     }
 }
 
-/// `cargo +nightly fuzz run TARGET --fuzz-dir DIR -- -max_total_time=SECONDS`. `--fuzz-dir` is
+/// cargo-fuzz flags of the smoke step: no sanitizer. Every crate fuzzed here forbids `unsafe`, so
+/// AddressSanitizer finds little that a panic does not, and building without it keeps three
+/// fuzz crates within CI's time; `cargo xtask fuzz` (a real campaign) keeps the sanitizer.
+const SMOKE_FLAGS: &[&str] = &["--sanitizer", "none"];
+
+/// `cargo +nightly fuzz run TARGET [FLAGS] --fuzz-dir DIR -- -max_total_time=SECONDS`. `--fuzz-dir` is
 /// given because cargo-fuzz otherwise looks for `fuzz/` next to the nearest non-fuzz Cargo.toml,
 /// which for `card-applet-tools/fuzz` would be the workspace root.
-pub fn fuzz_run_command(dir: &Path, target: &str, seconds: u64) -> Command {
+pub fn fuzz_run_command(dir: &Path, target: &str, seconds: u64, flags: &[&str]) -> Command {
     let mut cmd = cargo();
     cmd.arg("+nightly")
-        .args(["fuzz", "run", target, "--fuzz-dir"])
+        .args(["fuzz", "run", target])
+        .args(flags)
+        .arg("--fuzz-dir")
         .arg(dir)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"));
@@ -368,10 +377,15 @@ not json at all
 
     #[test]
     fn fuzz_run_command_passes_the_time_to_libfuzzer() {
-        let cmd = fuzz_run_command(Path::new("/r/shared-crypto/fuzz"), "credential", 5);
+        let cmd = fuzz_run_command(Path::new("/r/shared-crypto/fuzz"), "credential", 5, &[]);
         assert_eq!(
             show(&cmd),
             "cargo +nightly fuzz run credential --fuzz-dir /r/shared-crypto/fuzz -- -max_total_time=5"
+        );
+        let smoke = fuzz_run_command(Path::new("/r/f"), "x", 3, SMOKE_FLAGS);
+        assert_eq!(
+            show(&smoke),
+            "cargo +nightly fuzz run x --sanitizer none --fuzz-dir /r/f -- -max_total_time=3"
         );
     }
 }

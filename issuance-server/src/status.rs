@@ -117,12 +117,17 @@ pub async fn allocate_index(tx: &mut WriteTx) -> ApiResult<u32> {
     .fetch_one(tx.conn())
     .await?;
     let index = u64::try_from(next - 1).map_err(|_| anyhow::anyhow!("status counter broken"))?;
-    let index = u32::try_from(index).map_err(|_| {
-        ApiError::conflict(
-            "status_list_full",
-            "every status index is used; the office must start a new status list",
-        )
-    })?;
+    // A list's size is a u32, so it covers indices 0 ..= u32::MAX - 1: index u32::MAX would lie
+    // outside every list a terminal can hold, and its card could never be checked.
+    let index = u32::try_from(index)
+        .ok()
+        .filter(|i| *i < u32::MAX)
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "status_list_full",
+                "every status index is used; the office must start a new status list",
+            )
+        })?;
     let cur = current_epoch(tx.conn()).await?;
     if u64::from(index) >= cur.size {
         let size = (u64::from(index) / SIZE_STEP + 1) * SIZE_STEP;
@@ -338,7 +343,7 @@ async fn delta(
 ) -> ApiResult<Response> {
     let cur = fresh_epoch(&state).await?;
     let etag = format!("\"{}\"", cur.epoch);
-    if q.from == cur.epoch || not_modified(&headers, &etag) {
+    if q.from == cur.epoch {
         return Ok(unchanged(&etag));
     }
     if q.from > cur.epoch {
@@ -358,6 +363,11 @@ async fn delta(
                 q.from
             ),
         ));
+    }
+    // If-None-Match only after the refusals: a precondition never turns a 4xx into a 304
+    // (RFC 9110 §13.2.1).
+    if not_modified(&headers, &etag) {
+        return Ok(unchanged(&etag));
     }
     let wire = state.status.delta(&state, q.from, cur).await?;
     Ok(octets(&etag, &wire))

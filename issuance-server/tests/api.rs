@@ -7,7 +7,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use base64::Engine;
-use common::{application, resident_id, Office};
+use common::{application, resident_id, with_check_character, Office};
 use issuance_server::keys::RingSigner;
 use serde_json::{json, Value};
 use shared_crypto::model::{
@@ -16,6 +16,7 @@ use shared_crypto::model::{
 };
 use shared_crypto::status_list::{IndexSetView, StatusListView};
 use shared_crypto::{PublicKey, Signed};
+use sqlx::Row;
 
 both_backends!(
     authentication_and_roles,
@@ -34,10 +35,19 @@ both_backends!(
     malformed_requests,
     openapi_lists_only_routed_operations,
     batch_reissue,
+    refusals_at_the_limits,
 );
 
 fn issuer_key(o: &Office) -> PublicKey {
     o.state.keys.issuer.public_key()
+}
+
+/// A GET with `If-None-Match: etag`.
+fn get_if_none_match(path: &str, etag: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::IF_NONE_MATCH, etag)
+        .body(Body::empty())
+        .unwrap()
 }
 
 async fn authentication_and_roles(o: Office) {
@@ -161,9 +171,39 @@ async fn application_validation(o: Office) {
             json!("11010519800230001X"),
             "resident_id_date",
         ),
+        // A lower-case x is not the check character X; a letter among the digits; a full-width
+        // digit (one character, three bytes).
+        (
+            "resident_id",
+            json!("11010519800101001x"),
+            "resident_id_character",
+        ),
+        (
+            "resident_id",
+            json!("1101051980O101001X"),
+            "resident_id_character",
+        ),
+        (
+            "resident_id",
+            json!("１10105198001010011"),
+            "resident_id_character",
+        ),
+        // Region codes start with 1 to 8 (GB/T 2260); these IDs are right in every other way.
+        (
+            "resident_id",
+            json!(with_check_character("01010519800101001")),
+            "resident_id_region",
+        ),
+        (
+            "resident_id",
+            json!(with_check_character("91010519800101001")),
+            "resident_id_region",
+        ),
         ("category", json!(9), "invalid_category"),
         ("level", json!(0), "invalid_level"),
         ("region", json!(1101), "invalid_region"),
+        ("region", json!(99_999), "invalid_region"),
+        ("region", json!(1_000_000), "invalid_region"),
         ("birth_year", json!(1990), "birth_year_mismatch"),
         (
             "entitlements",
@@ -180,6 +220,36 @@ async fn application_validation(o: Office) {
             .await
             .refused(422, code);
     }
+    // The search endpoint checks the ID with the same rules.
+    for (id, code) in [
+        ("11010519800101001x".to_owned(), "resident_id_character"),
+        (
+            with_check_character("91010519800101001"),
+            "resident_id_region",
+        ),
+    ] {
+        o.post(
+            "/api/v1/applications/search",
+            &s.approver,
+            json!({ "resident_id": id }),
+        )
+        .await
+        .refused(422, code);
+    }
+    // The edges of the region range pass (the office does not check that a code exists).
+    for (n, region) in [(20, 100_000), (21, 999_999)] {
+        let mut app = application(n);
+        app["region"] = json!(region);
+        let r = o.post("/api/v1/applications", &s.clerk, app).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.json());
+        assert_eq!(r.json()["region"], region);
+    }
+    // Nothing refused was stored.
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applications")
+        .fetch_one(o.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
     // The first check digit that is right passes.
     assert_eq!(resident_id(1).len(), 18);
     let mut app = application(1);
@@ -620,6 +690,13 @@ async fn personalization_refusals(o: Office) {
     )
     .await
     .refused(404, "unknown_job");
+    o.post(
+        "/api/v1/personalization-jobs/4242/confirm",
+        &s.clerk,
+        json!({"card_public_key": pk1}),
+    )
+    .await
+    .refused(404, "unknown_job");
     // A card restarted from BLANK binds another key: the credential is replaced.
     let c1 = o
         .post(
@@ -863,6 +940,20 @@ async fn revocation_and_status_list(o: Office) {
     assert_eq!(d.size, list.size());
     let added: Vec<u32> = IndexSetView::parse(d.added).unwrap().iter().collect();
     assert_eq!(added, [index]);
+    // The delta carries the current epoch's ETag: asked again with it, 304 (the same ETag, no
+    // body); with a stale ETag, the delta again (the same signed bytes, from the cache).
+    let delta_url = format!("/api/v1/status-list/delta?from={epoch0}");
+    let delta_etag = r.headers[header::ETAG].to_str().unwrap().to_owned();
+    assert_eq!(delta_etag, format!("\"{}\"", body1.epoch));
+    let delta_bytes = r.bytes.clone();
+    let r = o.send(get_if_none_match(&delta_url, &delta_etag)).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.bytes.is_empty());
+    assert_eq!(r.headers[header::ETAG], delta_etag.as_str());
+    let r = o.send(get_if_none_match(&delta_url, &etag0)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::ETAG], delta_etag.as_str());
+    assert_eq!(r.bytes, delta_bytes);
     // Already current: 304; from the future: 404; from epoch 0: 410.
     let r = o
         .get(
@@ -880,6 +971,20 @@ async fn revocation_and_status_list(o: Office) {
     o.get("/api/v1/status-list/delta?from=0", None)
         .await
         .refused(410, "epoch_too_old");
+    // A matching If-None-Match does not turn a refusal into 304 (RFC 9110 §13.2.1: conditions
+    // are evaluated only where the answer would otherwise be 2xx).
+    o.send(get_if_none_match(
+        "/api/v1/status-list/delta?from=0",
+        &delta_etag,
+    ))
+    .await
+    .refused(410, "epoch_too_old");
+    o.send(get_if_none_match(
+        &format!("/api/v1/status-list/delta?from={}", body1.epoch + 5),
+        "*",
+    ))
+    .await
+    .refused(404, "unknown_epoch");
     o.get("/api/v1/status-list/delta?from=abc", None)
         .await
         .refused(400, "invalid_query");
@@ -904,6 +1009,23 @@ async fn revocation_and_status_list(o: Office) {
         .await
         .json();
     assert_eq!(a["state"], "revoked");
+    // The list changed: the delta's old ETag now gets 200 with a new ETag and both indices.
+    let index2 = job2["status_index"].as_u64().unwrap() as u32;
+    let r = o.send(get_if_none_match(&delta_url, &delta_etag)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let etag2 = r.headers[header::ETAG].to_str().unwrap().to_owned();
+    assert_ne!(etag2, delta_etag);
+    let d2: StatusDeltaBody<'_> = Signed::decode(&r.bytes)
+        .unwrap()
+        .open(&[], &status_key)
+        .unwrap();
+    assert_eq!(etag2, format!("\"{}\"", d2.to_epoch));
+    assert_eq!(d2.from_epoch, epoch0);
+    assert!(d2.to_epoch > body1.epoch);
+    let added: Vec<u32> = IndexSetView::parse(d2.added).unwrap().iter().collect();
+    assert_eq!(added, [index, index2]);
+    let r = o.send(get_if_none_match(&delta_url, &etag2)).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
     o.post(
         "/api/v1/personalization-jobs",
         &s.clerk,
@@ -1231,6 +1353,22 @@ async fn terminals_and_logs(o: Office) {
     ))
     .await
     .refused(404, "unknown_terminal");
+    // Signed by this terminal, but the body names another one: refused, nothing stored.
+    let misnamed = {
+        let records = [record(2, None)];
+        let items: shared_crypto::wire::ItemsBuf = records.iter().collect();
+        let body = shared_crypto::model::LogBatchBody {
+            terminal: shared_crypto::Signer::key_id(&stranger),
+            first_seq: 2,
+            last_seq: 2,
+            created_at: issuance_server::now(),
+            records: items.as_items(),
+        };
+        shared_crypto::sig::sign(&body, &[], &terminal).unwrap()
+    };
+    o.send(upload(misnamed, url.clone()))
+        .await
+        .refused(422, "wrong_terminal");
     o.send(upload(vec![1, 2, 3], url.clone()))
         .await
         .refused(400, "malformed_batch");
@@ -1239,6 +1377,11 @@ async fn terminals_and_logs(o: Office) {
         .refused(400, "invalid_key_id");
     // Stats aggregate the taps per service, region and day; one card's cell is suppressed
     // (tests/backoffice.rs has the statistics in full).
+    let taps: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM taps")
+        .fetch_one(o.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(taps, 2, "only the first batch's records are stored");
     let st = o.get("/api/v1/stats", Some(&s.auditor)).await.json();
     assert_eq!(st["usage"][0]["service"], "welfare");
     assert_eq!(st["usage"][0]["region"], 110105);
@@ -1316,8 +1459,50 @@ async fn audit_and_stats(o: Office) {
 
 both_backends!(audit_deletions_and_insertions);
 
+/// The content of audit row `seq` as it would be chained.
+async fn audit_entry(o: &Office, seq: i64) -> issuance_server::audit::AuditEntry {
+    let row =
+        sqlx::query("SELECT at, actor, action, object, details FROM audit_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_one(o.state.db.pool())
+            .await
+            .unwrap();
+    issuance_server::audit::AuditEntry {
+        at: row.try_get::<i64, _>("at").unwrap() as u64,
+        actor: row.try_get("actor").unwrap(),
+        action: row.try_get("action").unwrap(),
+        object: row.try_get("object").unwrap(),
+        details: row.try_get("details").unwrap(),
+    }
+}
+
+/// Stores an audit row with exactly these values (a forger with write access to the table).
+async fn insert_audit_row(
+    o: &Office,
+    seq: i64,
+    e: &issuance_server::audit::AuditEntry,
+    prev_hash: [u8; 32],
+    hash: [u8; 32],
+) {
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, action, object, details, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(seq)
+    .bind(e.at as i64)
+    .bind(&e.actor)
+    .bind(&e.action)
+    .bind(&e.object)
+    .bind(&e.details)
+    .bind(prev_hash.to_vec())
+    .bind(hash.to_vec())
+    .execute(o.state.db.pool())
+    .await
+    .unwrap();
+}
+
 async fn audit_deletions_and_insertions(o: Office) {
-    use issuance_server::audit::{verify, Broken};
+    use issuance_server::audit::{chain_hash, verify, AuditEntry, Broken};
     let s = o.staff().await;
     o.approved(&s, application(18)).await;
     let pool = o.state.db.pool();
@@ -1348,6 +1533,10 @@ async fn audit_deletions_and_insertions(o: Office) {
     o.sql("INSERT INTO audit_log SELECT * FROM saved").await;
     assert!(verify(pool).await.unwrap().is_ok());
     // Deleting the last row: the head points past the end.
+    o.sql(&format!(
+        "CREATE TABLE saved_last AS SELECT * FROM audit_log WHERE seq = {last}"
+    ))
+    .await;
     o.sql(&format!("DELETE FROM audit_log WHERE seq = {last}"))
         .await;
     assert_eq!(
@@ -1357,15 +1546,105 @@ async fn audit_deletions_and_insertions(o: Office) {
             head: last as u64
         }
     );
-    // Appending a row after the head (even a well-chained copy) is found too.
+    o.sql("INSERT INTO audit_log SELECT * FROM saved_last")
+        .await;
+    assert!(verify(pool).await.unwrap().is_ok());
+
+    // A well-chained row appended at the head's seq + 1 without moving the head: the row itself
+    // is right in every respect, only the head does not reach it.
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let head_seq: i64 = head.try_get("seq").unwrap();
+    let head_hash: [u8; 32] = head
+        .try_get::<Vec<u8>, _>("hash")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(head_seq, last);
+    let forged = AuditEntry {
+        at: issuance_server::now(),
+        actor: "user:admin".into(),
+        action: "user.create".into(),
+        object: "user:99".into(),
+        details: "{\"name\":\"mallory\",\"role\":\"admin\"}".into(),
+    };
+    let forged_hash = chain_hash(&head_hash, (last + 1) as u64, &forged);
+    insert_audit_row(&o, last + 1, &forged, head_hash, forged_hash).await;
+    assert_eq!(
+        verify(pool).await.unwrap().unwrap_err(),
+        Broken::Head {
+            last: (last + 1) as u64,
+            head: last as u64
+        }
+    );
+    // Moving the head to it is exactly what a real append does: then the chain is intact,
+    // which shows that the head was the only thing wrong (and why the head is the anchor to
+    // keep elsewhere).
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(last + 1)
+        .bind(forged_hash.to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(verify(pool).await.unwrap().unwrap().rows, (last + 1) as u64);
+    // The head moved but its hash left behind: the head does not match the last row either.
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(head_hash.to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        verify(pool).await.unwrap().unwrap_err(),
+        Broken::Head {
+            last: (last + 1) as u64,
+            head: (last + 1) as u64
+        }
+    );
+    o.sql(&format!("DELETE FROM audit_log WHERE seq = {}", last + 1))
+        .await;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(last)
+        .bind(head_hash.to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+    assert!(verify(pool).await.unwrap().is_ok());
+
+    // A row replaced in the middle by one whose own hash is right for the prev_hash it states,
+    // but that prev_hash is not the row before it: the link breaks at that row.
+    let entry3 = audit_entry(&o, 3).await;
+    let stranger_prev = [0x5A; 32];
+    o.sql("DELETE FROM audit_log WHERE seq = 3").await;
+    insert_audit_row(
+        &o,
+        3,
+        &entry3,
+        stranger_prev,
+        chain_hash(&stranger_prev, 3, &entry3),
+    )
+    .await;
+    assert_eq!(
+        verify(pool).await.unwrap().unwrap_err(),
+        Broken::Link { seq: 3 }
+    );
+    o.sql("DELETE FROM audit_log WHERE seq = 3").await;
+    o.sql("INSERT INTO audit_log SELECT * FROM saved").await;
+    assert!(verify(pool).await.unwrap().is_ok());
+
+    // A copied row appended far past the head: a gap in the numbers.
     o.sql(&format!(
         "INSERT INTO audit_log SELECT {last} + 5, at, actor, action, object, details, prev_hash, hash FROM saved"
     ))
     .await;
-    assert!(matches!(
+    assert_eq!(
         verify(pool).await.unwrap().unwrap_err(),
-        Broken::Gap { .. }
-    ));
+        Broken::Gap {
+            expected: (last + 1) as u64,
+            found: (last + 5) as u64
+        }
+    );
 }
 
 async fn malformed_requests(o: Office) {
@@ -1537,4 +1816,90 @@ async fn batch_reissue(o: Office) {
         .await
         .unwrap()
         .is_ok());
+}
+
+/// Counters at the end of their range (set with SQL; reaching them for real takes four billion
+/// cards or vouchers): the last value is handed out, the one after is refused, and a refusal
+/// changes nothing.
+async fn refusals_at_the_limits(o: Office) {
+    let s = o.staff().await;
+    let id = o.approved(&s, application(22)).await;
+    let (job, _) = o.personalize(&s, id).await;
+    let serial = job["card_serial"].as_str().unwrap();
+    let url = format!("/api/v1/cards/{serial}/vouchers");
+    // Vouchers: seq is a u32 the card checks for increase; u32::MAX is the last one.
+    o.sql(&format!(
+        "UPDATE cards SET voucher_seq = {} WHERE id = (SELECT id FROM cards WHERE job_id = {})",
+        u32::MAX - 1,
+        job["job_id"]
+    ))
+    .await;
+    let r = o.post(&url, &s.approver, json!({"amount": 5})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json());
+    assert_eq!(r.json()["seq"], u32::MAX);
+    o.post(&url, &s.approver, json!({"amount": 5}))
+        .await
+        .refused(409, "voucher_seq_exhausted");
+    let vouchers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vouchers")
+        .fetch_one(o.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(vouchers, 1);
+
+    // Status indices: the list has at most u32::MAX entries (its size is a u32), so the last
+    // index a card can get is u32::MAX - 1; a card with index u32::MAX would be outside every
+    // list and no terminal could check it.
+    let next_index = || async {
+        sqlx::query_scalar::<_, i64>("SELECT value FROM counters WHERE name = 'next_status_index'")
+            .fetch_one(o.state.db.pool())
+            .await
+            .unwrap()
+    };
+    let new_job = |n: u32| {
+        let o = &o;
+        let s = &s;
+        async move {
+            let id = o.approved(s, application(n)).await;
+            o.post(
+                "/api/v1/personalization-jobs",
+                &s.clerk,
+                json!({"application_id": id, "card_div_data": "00112233445566778899"}),
+            )
+            .await
+        }
+    };
+    for (n, counter) in [(23, 1u64 << 32), (24, u64::from(u32::MAX))] {
+        o.sql(&format!(
+            "UPDATE counters SET value = {counter} WHERE name = 'next_status_index'"
+        ))
+        .await;
+        new_job(n).await.refused(409, "status_list_full");
+        assert_eq!(
+            next_index().await,
+            counter as i64,
+            "the refusal rolled back"
+        );
+        let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM personalization_jobs")
+            .fetch_one(o.state.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(jobs, 1);
+    }
+    o.sql(&format!(
+        "UPDATE counters SET value = {} WHERE name = 'next_status_index'",
+        u32::MAX - 1
+    ))
+    .await;
+    let r = new_job(25).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json());
+    let last_index = r.json()["status_index"].as_u64().unwrap();
+    assert_eq!(last_index, u64::from(u32::MAX - 1));
+    // The epoch grew to cover it (its list is not fetched here: 512 MiB of bits uncompressed).
+    let size: i64 =
+        sqlx::query_scalar("SELECT size FROM status_epochs ORDER BY epoch DESC LIMIT 1")
+            .fetch_one(o.state.db.pool())
+            .await
+            .unwrap();
+    assert!(last_index < size as u64, "index {last_index}, size {size}");
+    new_job(26).await.refused(409, "status_list_full");
 }

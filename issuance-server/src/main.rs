@@ -6,10 +6,13 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     let cli = issuance_server::cli::Cli::parse();
     // Logs go to stderr; RUST_LOG overrides the level. No personal data is ever logged.
+    // Colours only on a terminal: a log file (`serve ... 2>office.log`) gets plain text that
+    // grep and log shippers read as `key=value`.
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

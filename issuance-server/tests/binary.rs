@@ -1,17 +1,20 @@
 //! Tests of the real `issuance-server` binary: the commands, `--help`, serving over HTTP,
-//! graceful shutdown on SIGTERM, a SIGKILL in the middle of a batch of approvals and
-//! personalization jobs followed by a restart, and `audit verify` finding a tampered row. The
-//! database tests run on SQLite and PostgreSQL.
+//! graceful shutdown on SIGTERM and SIGINT with a request in flight, a SIGKILL in the middle of a
+//! batch of approvals and personalization jobs followed by a restart, `audit verify` finding a
+//! tampered row, and no personal data, token or key in the most verbose log. The database tests
+//! run on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::{application, Backend, PgDatabase};
 use issuance_server::keys::RingSigner;
 use serde_json::{json, Value};
@@ -80,6 +83,17 @@ struct Server {
 
 impl Server {
     fn start(data: &Path, database_url: Option<&str>) -> Server {
+        Server::start_logging(data, database_url, "warn", Stdio::null(), Stdio::inherit())
+    }
+
+    /// Starts `serve` with `RUST_LOG=rust_log` and its output going to `stdout` and `stderr`.
+    fn start_logging(
+        data: &Path,
+        database_url: Option<&str>,
+        rust_log: &str,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Server {
         let port = free_port();
         let mut c = Command::new(BIN);
         c.args([
@@ -90,9 +104,9 @@ impl Server {
             &format!("127.0.0.1:{port}"),
         ])
         .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .env("RUST_LOG", rust_log)
+        .stdout(stdout)
+        .stderr(stderr);
         if let Some(u) = database_url {
             c.env("DATABASE_URL", u);
         }
@@ -111,6 +125,38 @@ impl Server {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Server {
+    /// `host:port` of the server.
+    fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Sends `kill -<signal>` to the server.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits for the server to exit on its own.
+    fn wait_exit(&mut self, why: &str) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no exit after {why}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -302,7 +348,16 @@ async fn init_on_postgres_refuses_a_used_database() {
     assert!(stderr(&o).contains("DATABASE_URL"), "{}", stderr(&o));
 }
 
-fn serve_and_stop(backend: Backend, url: Option<String>) {
+/// An application with a photo of about 120 KiB, so that its body takes a while to send.
+fn large_application(n: u32) -> Vec<u8> {
+    let mut photo = b"\xFF\xD8\xFF".to_vec();
+    photo.extend((0..120 * 1024u32).map(|i| (i % 251) as u8));
+    let mut app = application(n);
+    app["photo"] = json!(base64::engine::general_purpose::STANDARD.encode(photo));
+    app.to_string().into_bytes()
+}
+
+fn serve_and_stop(backend: Backend, url: Option<String>, signal: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("office");
     let admin = token_of(&bin(
@@ -333,41 +388,81 @@ fn serve_and_stop(backend: Backend, url: Option<String>) {
     )
     .unwrap();
     assert_eq!(status, 200);
-    // SIGTERM: a graceful exit with status 0.
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
+    // A request in flight when the signal comes: its headers and half of its body are sent.
+    let body = large_application(1);
+    let mut inflight = std::net::TcpStream::connect(server.addr()).unwrap();
+    inflight
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        inflight,
+        "POST /api/v1/applications HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr(),
+        body.len()
+    )
+    .unwrap();
+    let half = body.len() / 2;
+    inflight.write_all(&body[..half]).unwrap();
+    inflight.flush().unwrap();
+    // Time for the server to read the head and start the handler, which now waits for the rest.
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(signal);
+    // The server stops listening at once but waits for the request it is in.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "{backend:?}: the server exited on SIG{signal} with a request in flight"
+    );
+    assert!(
+        std::net::TcpStream::connect(server.addr()).is_err(),
+        "{backend:?}: a new connection was accepted after SIG{signal}"
+    );
+    inflight.write_all(&body[half..]).unwrap();
+    let mut response = Vec::new();
+    inflight.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 201"),
+        "{backend:?} SIG{signal}: {response}"
+    );
+    let json_start = response.find("\r\n\r\n").unwrap() + 4;
+    let created: Value = serde_json::from_str(&response[json_start..]).unwrap();
+    assert_eq!(created["state"], "submitted", "{created}");
+    // Then a graceful exit with status 0.
+    let status = server.wait_exit(&format!("SIG{signal}"));
+    assert!(status.success(), "{backend:?} SIG{signal}: {status:?}");
+    // The answered request was committed, with its audit row, and the chain is intact.
+    let v = bin(
+        &["audit", "verify", "--data", data.to_str().unwrap()],
+        url.as_deref(),
+    );
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+    assert!(stdout(&v).contains("intact: 3 rows"), "{}", stdout(&v));
 }
 
 #[test]
-fn serves_and_stops_gracefully_on_sqlite() {
-    serve_and_stop(Backend::Sqlite, None);
+fn serves_and_stops_gracefully_on_sigterm_on_sqlite() {
+    serve_and_stop(Backend::Sqlite, None, "TERM");
+}
+
+#[test]
+fn serves_and_stops_gracefully_on_sigint_on_sqlite() {
+    serve_and_stop(Backend::Sqlite, None, "INT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_and_stops_gracefully_on_postgres() {
-    let Some(pg) = PgDatabase::create().await else {
-        return;
-    };
-    let url = pg.url.clone();
-    tokio::task::spawn_blocking(move || serve_and_stop(Backend::Postgres, Some(url)))
-        .await
-        .unwrap();
+    for signal in ["TERM", "INT"] {
+        // One database per office: init refuses a database that has one.
+        let Some(pg) = PgDatabase::create().await else {
+            return;
+        };
+        let url = pg.url.clone();
+        tokio::task::spawn_blocking(move || serve_and_stop(Backend::Postgres, Some(url), signal))
+            .await
+            .unwrap();
+    }
 }
 
 /// One application's path through the office, step by step over HTTP; stops at the first
@@ -713,6 +808,382 @@ async fn tampered_audit_row_is_detected_on_postgres() {
     };
     let url = pg.url.clone();
     tokio::task::spawn_blocking(move || tampering_detected(Some(url)))
+        .await
+        .unwrap();
+}
+
+/// A POST with a raw body; returns the status.
+fn post_raw(a: &ureq::Agent, url: &str, token: &str, body: &str) -> u16 {
+    let mut resp = a
+        .post(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.body_mut().read_to_string();
+    assert_ne!(status, 500);
+    status
+}
+
+/// Everything that must never reach a log, and why.
+struct Secrets(Vec<(String, String)>);
+
+impl Secrets {
+    fn add(&mut self, what: &str, needle: impl Into<String>) {
+        let needle = needle.into();
+        assert!(
+            needle.len() >= 6,
+            "{what}: needle too short to mean anything"
+        );
+        self.0.push((what.to_owned(), needle));
+    }
+
+    /// A value in the forms a log line could show it: as is, and as lower- and upper-case hex
+    /// of its bytes (how byte fields are printed).
+    fn add_text(&mut self, what: &str, value: &str) {
+        self.add(what, value);
+        self.add(&format!("{what} (hex)"), hex::encode(value.as_bytes()));
+        self.add(
+            &format!("{what} (HEX)"),
+            hex::encode_upper(value.as_bytes()),
+        );
+    }
+
+    /// Key bytes: every 12-byte run of them as hex, the whole as base64, and 8-byte runs as
+    /// `Debug` prints a byte slice (`[1, 2, ...]`).
+    fn add_key(&mut self, what: &str, bytes: &[u8]) {
+        for w in bytes.windows(12) {
+            self.add(&format!("{what} (hex)"), hex::encode(w));
+            self.add(&format!("{what} (HEX)"), hex::encode_upper(w));
+        }
+        for w in bytes.windows(8).step_by(4) {
+            self.add(
+                &format!("{what} (Debug)"),
+                format!("{w:?}").trim_matches(['[', ']']),
+            );
+        }
+        self.add(
+            &format!("{what} (base64)"),
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        );
+    }
+}
+
+/// The server at `RUST_LOG=trace` through registration, approval, personalization, revocation,
+/// vouchers, searches and refused requests: nothing personal, no token and no key in its output.
+fn personal_data_never_logged(url: Option<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("office");
+    let d = data.to_str().unwrap().to_owned();
+    let u = url.as_deref();
+    let admin = token_of(&bin(&["init", "--data", &d], u));
+    let clerk = token_of(&bin(
+        &["user", "add", "clerk", "--role", "clerk", "--data", &d],
+        u,
+    ));
+    let approver = token_of(&bin(
+        &["user", "add", "appr", "--role", "approver", "--data", &d],
+        u,
+    ));
+    let out_path = tmp.path().join("stdout.log");
+    let err_path = tmp.path().join("stderr.log");
+    let mut server = Server::start_logging(
+        &data,
+        u,
+        "trace",
+        Stdio::from(std::fs::File::create(&out_path).unwrap()),
+        Stdio::from(std::fs::File::create(&err_path).unwrap()),
+    );
+    let base = server.base.clone();
+    let a = agent();
+    let mut secrets = Secrets(Vec::new());
+    for (what, t) in [
+        ("admin token", &admin),
+        ("clerk token", &clerk),
+        ("approver token", &approver),
+    ] {
+        secrets.add(what, t.as_str());
+    }
+
+    // Three applicants, each with a name nothing else in a log could contain.
+    let names = ["王芳测试甲", "李强测试乙", "Ottilie Vandermeer"];
+    let mut ids = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let n = 40 + i as u32;
+        let mut app = application(n);
+        app["name"] = json!(name);
+        let mut photo = b"\x89PNG\r\n\x1a\n".to_vec();
+        photo.extend(
+            format!("photo of applicant {n}, private")
+                .bytes()
+                .cycle()
+                .take(600),
+        );
+        app["photo"] = json!(base64::engine::general_purpose::STANDARD.encode(&photo));
+        let (st, created) = call(
+            &a,
+            "POST",
+            &format!("{base}/api/v1/applications"),
+            &clerk,
+            Some(app.clone()),
+        )
+        .unwrap();
+        assert_eq!(st, 201, "{created}");
+        secrets.add_text("applicant name", name);
+        secrets.add_text("resident ID", app["resident_id"].as_str().unwrap());
+        secrets.add_text(
+            "certificate number",
+            created["certificate_number"].as_str().unwrap(),
+        );
+        secrets.add("photo (base64)", &app["photo"].as_str().unwrap()[..40]);
+        secrets.add("photo", "photo of applicant");
+        ids.push(created["id"].as_i64().unwrap());
+        // The same person again: refused as a duplicate.
+        let (st, _) = call(
+            &a,
+            "POST",
+            &format!("{base}/api/v1/applications"),
+            &clerk,
+            Some(app),
+        )
+        .unwrap();
+        assert_eq!(st, 409);
+    }
+    // Approve two, reject one; personalize both approved, revoke one, grant a voucher.
+    for id in &ids[..2] {
+        let (st, _) = call(
+            &a,
+            "POST",
+            &format!("{base}/api/v1/applications/{id}/approve"),
+            &approver,
+            None,
+        )
+        .unwrap();
+        assert_eq!(st, 200);
+    }
+    let (st, _) = call(
+        &a,
+        "POST",
+        &format!("{base}/api/v1/applications/{}/reject", ids[2]),
+        &approver,
+        Some(json!({"reason": "documents missing"})),
+    )
+    .unwrap();
+    assert_eq!(st, 200);
+    let mut serials = Vec::new();
+    for id in &ids[..2] {
+        let (st, job) = call(
+            &a,
+            "POST",
+            &format!("{base}/api/v1/personalization-jobs"),
+            &clerk,
+            Some(json!({"application_id": id, "card_div_data": "00112233445566778899"})),
+        )
+        .unwrap();
+        assert_eq!(st, 201, "{job}");
+        for k in ["enc", "mac", "dek"] {
+            secrets.add("SCP03 card key", job["scp03"][k].as_str().unwrap());
+        }
+        let jid = job["job_id"].as_i64().unwrap();
+        let (card, _) = RingSigner::generate().unwrap();
+        let body = json!({"card_public_key": hex::encode(card.public_key().to_sec1())});
+        let (st, _) = call(
+            &a,
+            "POST",
+            &format!("{base}/api/v1/personalization-jobs/{jid}/card-key"),
+            &clerk,
+            Some(body.clone()),
+        )
+        .unwrap();
+        assert_eq!(st, 200);
+        let (st, done) = call(
+            &a,
+            "POST",
+            &format!("{base}/api/v1/personalization-jobs/{jid}/confirm"),
+            &clerk,
+            Some(body),
+        )
+        .unwrap();
+        assert_eq!((st, done["state"].as_str()), (200, Some("completed")));
+        serials.push(done["card_serial"].as_str().unwrap().to_owned());
+    }
+    let (st, _) = call(
+        &a,
+        "POST",
+        &format!("{base}/api/v1/cards/{}/vouchers", serials[0]),
+        &approver,
+        Some(json!({"amount": 20})),
+    )
+    .unwrap();
+    assert_eq!(st, 200);
+    let (st, _) = call(
+        &a,
+        "POST",
+        &format!("{base}/api/v1/cards/{}/revoke", serials[1]),
+        &approver,
+        Some(json!({"reason": "lost"})),
+    )
+    .unwrap();
+    assert_eq!(st, 200);
+    // Lookups by resident ID: found, and not found.
+    let rid = application(40)["resident_id"].as_str().unwrap().to_owned();
+    let (st, found) = call(
+        &a,
+        "POST",
+        &format!("{base}/api/v1/applications/search"),
+        &approver,
+        Some(json!({"resident_id": rid})),
+    )
+    .unwrap();
+    assert_eq!((st, found[0]["name"].as_str()), (200, Some(names[0])));
+    let absent = common::resident_id(49);
+    secrets.add_text("resident ID searched for", &absent);
+    let (st, none) = call(
+        &a,
+        "POST",
+        &format!("{base}/api/v1/applications/search"),
+        &approver,
+        Some(json!({"resident_id": absent})),
+    )
+    .unwrap();
+    assert_eq!((st, none), (200, json!([])));
+    for id in &ids {
+        let (st, _) = call(
+            &a,
+            "GET",
+            &format!("{base}/api/v1/applications/{id}"),
+            &clerk,
+            None,
+        )
+        .unwrap();
+        assert_eq!(st, 200);
+        let (st, _) = call(
+            &a,
+            "GET",
+            &format!("{base}/api/v1/applications/{id}/photo"),
+            &approver,
+            None,
+        )
+        .unwrap();
+        assert_eq!(st, 200);
+    }
+
+    // Refused requests that carry personal data in every place a request can.
+    let apps = format!("{base}/api/v1/applications");
+    let bogus = "0f".repeat(32);
+    secrets.add("unknown token", bogus.as_str());
+    let (st, _) = call(&a, "GET", &apps, &bogus, None).unwrap();
+    assert_eq!(st, 401);
+    let (st, _) = call(&a, "POST", &apps, &approver, Some(application(41))).unwrap();
+    assert_eq!(st, 403, "wrong role");
+    // The resident ID as a number: the JSON error names the value it could not take.
+    let as_number = format!(
+        r#"{{"name":"{}","resident_id":{},"category":1,"level":2,"region":110105}}"#,
+        names[2],
+        &rid[..17]
+    );
+    assert_eq!(post_raw(&a, &apps, &clerk, &as_number), 422);
+    let truncated = format!(r#"{{"name":"{}","resident_id":"{rid}"#, names[1]);
+    assert_eq!(post_raw(&a, &apps, &clerk, &truncated), 400);
+    let mut bad_check = application(47);
+    bad_check["name"] = json!(names[1]);
+    let wrong = if rid.ends_with('1') { "2" } else { "1" };
+    let bad_id = format!("{}{wrong}", &rid[..17]);
+    secrets.add_text("mistyped resident ID", &bad_id);
+    bad_check["resident_id"] = json!(bad_id);
+    let (st, _) = call(&a, "POST", &apps, &clerk, Some(bad_check)).unwrap();
+    assert_eq!(st, 422);
+    let (st, _) = call(
+        &a,
+        "POST",
+        &format!("{base}/api/v1/applications/search"),
+        &approver,
+        Some(json!({"resident_id": rid, "name": names[0]})),
+    )
+    .unwrap();
+    assert_eq!(st, 422, "unknown field");
+    // In the path and in the query.
+    // (An 18-digit ID without an X parses as an application id: no such application.)
+    let (st, _) = call(&a, "GET", &format!("{apps}/{rid}"), &clerk, None).unwrap();
+    assert_eq!(st, 404);
+    let (st, _) = call(&a, "GET", &format!("{apps}/{}X", &rid[..17]), &clerk, None).unwrap();
+    assert_eq!(st, 400);
+    let (st, _) = call(&a, "GET", &format!("{base}/api/v1/{rid}"), &clerk, None).unwrap();
+    assert_eq!(st, 404);
+    let (st, _) = call(&a, "GET", &format!("{apps}?state={rid}"), &clerk, None).unwrap();
+    assert_eq!(st, 400);
+    let (st, _) = call(&a, "POST", &format!("{base}/api/v1/personalization-jobs/4242/confirm"), &clerk, Some(json!({"card_public_key": hex::encode(RingSigner::generate().unwrap().0.public_key().to_sec1())}))).unwrap();
+    assert_eq!(st, 404);
+
+    server.signal("TERM");
+    let status = server.wait_exit("SIGTERM");
+    assert!(status.success(), "{status:?}");
+
+    // The office's secret keys.
+    for f in [
+        "root.p8",
+        "issuer.p8",
+        "status-signer.p8",
+        "voucher.p8",
+        "scp03-master.key",
+        "data.key",
+    ] {
+        secrets.add_key(f, &std::fs::read(data.join("keys").join(f)).unwrap());
+    }
+    let log =
+        std::fs::read_to_string(&out_path).unwrap() + &std::fs::read_to_string(&err_path).unwrap();
+    // The log really is the most verbose one and saw the workload (or this test proves nothing).
+    for evidence in [
+        "TRACE",
+        "DEBUG",
+        "sqlx::query",
+        "route=\"/api/v1/applications\"",
+        "status=422",
+        "status=401",
+    ] {
+        assert!(
+            log.contains(evidence),
+            "the log lacks {evidence:?}:\n{}",
+            &log[..log.len().min(4000)]
+        );
+    }
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal colour codes in a log written to a file"
+    );
+    let leaks: Vec<String> = secrets
+        .0
+        .iter()
+        .filter(|(_, needle)| log.contains(needle.as_str()))
+        .map(|(what, needle)| {
+            let at = log.find(needle.as_str()).unwrap();
+            let line_start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = log[at..].find('\n').map_or(log.len(), |i| at + i);
+            format!("{what} {needle:?} in: {}", &log[line_start..line_end])
+        })
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "{} leak(s) in {} bytes of log:\n{}",
+        leaks.len(),
+        log.len(),
+        leaks.join("\n")
+    );
+}
+
+#[test]
+fn personal_data_never_logged_on_sqlite() {
+    personal_data_never_logged(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_data_never_logged_on_postgres() {
+    let Some(pg) = PgDatabase::create().await else {
+        return;
+    };
+    let url = pg.url.clone();
+    tokio::task::spawn_blocking(move || personal_data_never_logged(Some(url)))
         .await
         .unwrap();
 }

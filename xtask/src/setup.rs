@@ -224,11 +224,24 @@ fn loud_warning(lines: &[&str]) {
     println!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
 }
 
+/// Whether the value of the `CI` variable says this is a CI run (set, not empty, not `0` or
+/// `false`: the forms CI services use).
+fn is_ci(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
 /// Makes sure PostgreSQL answers at 127.0.0.1:5432 (starting the local cluster if it is installed
 /// but down) and picks the test database URL. Not reachable is a loud warning, not a failure:
-/// the server's PostgreSQL tests then report that they skip.
+/// the server's PostgreSQL tests then report that they skip. On CI (`CI` set) it is a failure,
+/// so that a CI machine without PostgreSQL cannot pass with half the database tests skipped.
 pub fn ensure_postgres() -> Result<(Option<String>, Outcome)> {
     let unreachable = |why: &str| {
+        if is_ci(std::env::var_os("CI").as_deref()) {
+            bail!(
+                "PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} ({why}), and CI is set: on CI \
+                 the issuance-server tests on PostgreSQL must run, not skip"
+            );
+        }
         loud_warning(&[
             &format!("PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}: {why}"),
             "DATABASE_TEST_URL is not set: the issuance-server tests on PostgreSQL will SKIP,",
@@ -377,6 +390,18 @@ mod tests {
             "DATABASE_TEST_URL".into(),
             "postgres://root@127.0.0.1:5432/test".into()
         )));
+    }
+
+    #[test]
+    fn ci_variable_forms() {
+        use std::ffi::OsStr;
+        assert!(!is_ci(None));
+        for off in ["", "0", "false", "FALSE"] {
+            assert!(!is_ci(Some(OsStr::new(off))), "{off:?}");
+        }
+        for on in ["1", "true", "yes"] {
+            assert!(is_ci(Some(OsStr::new(on))), "{on:?}");
+        }
     }
 
     #[test]

@@ -164,7 +164,9 @@ impl<F: NorFlash + MappedFlash> TapLog<F> {
         let mut head: Option<(u32, SectorHeader)> = None;
         for i in 0..sectors {
             if let Some(h) = log.sector_header(i) {
-                if head.is_none_or(|(_, best)| h.sector_seq > best.sector_seq) {
+                // Serial-number order: `sector_seq` wraps, and the sector opened after
+                // 0xFFFF_FFFF (numbered 0) is the newer one (found by fuzz/tap_log).
+                if head.is_none_or(|(_, best)| seq_after(h.sector_seq, best.sector_seq)) {
                     head = Some((i, h));
                 }
             }

@@ -222,7 +222,9 @@ impl<F: NorFlash + MappedFlash> SlotPair<F> {
             let Some(h) = Self::valid_header(slot, kind) else {
                 continue;
             };
-            if active.is_none_or(|(_, a)| h.generation > a.generation) {
+            // Serial-number order: the generation wraps, and a commit after 0xFFFF_FFFF
+            // (generation 0) must win over it at the next mount (found by fuzz/slot_header).
+            if active.is_none_or(|(_, a)| crate::log::seq_after(h.generation, a.generation)) {
                 active = Some((i, h));
             }
         }

@@ -4,10 +4,14 @@
 //! flat JSON object of numbers to the file named by `BENCH_OUT`.
 //!
 //! Metrics: `tap_instructions_{transit,employment,rehab,welfare}` (the terminal's own work for one
-//! valid tap, the card's computation paused, Issuer key looked up cold), `tap_ms_est_*`
-//! (instructions x 1.4 cycles / 64 MHz), `firmware_flash_bytes` (text + rodata + vectors + data of
-//! the `size-probe` ELF: the terminal alone), `firmware_ram_bytes` (its .data + .bss, plus the
-//! `Terminal` value, plus the deepest measured stack of a tap, an update or a log export).
+//! valid tap, the card's computation paused, Issuer key looked up cold, a 64-entry status list),
+//! the same as `tap_instructions_*_38m` against a national-scale list (38 M entries, 2 % revoked,
+//! made by the image's build.rs and kept in its flash), `tap_ms_est_*` (instructions x 1.4 cycles /
+//! 64 MHz), `status_*_38m` (installing that list, one lookup in it, its size),
+//! `mount_instructions_38m` (a mount with it in force), `firmware_flash_bytes` (text + rodata +
+//! vectors + data of the `size-probe` ELF: the terminal alone, no status list),
+//! `firmware_ram_bytes` (its .data + .bss, plus the `Terminal` value, plus the deepest measured
+//! stack of a mount, a tap, an update or a log export).
 //!
 //! Run: `cargo run --release -p terminal-core --features std --example bench_m4`.
 
@@ -102,15 +106,36 @@ fn run_qemu(elf: &Path) -> Result<String> {
     }
 }
 
-/// `size -A`: section name -> size.
+/// `size -A`: section name -> size. A failed run, or an ELF without code, is an error: a size of
+/// 0 must never reach the results as if it were a measurement.
 fn sections(elf: &Path) -> Result<BTreeMap<String, u64>> {
     let out = Command::new("arm-none-eabi-size")
         .arg("-A")
         .arg(elf)
         .output()
         .map_err(|e| format!("cannot start arm-none-eabi-size: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "arm-none-eabi-size -A {} failed ({}): {}",
+            elf.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let map = parse_sections(&String::from_utf8_lossy(&out.stdout));
+    if map.get(".text").copied().unwrap_or(0) == 0 {
+        return Err(format!(
+            "arm-none-eabi-size -A {} shows no .text",
+            elf.display()
+        ));
+    }
+    Ok(map)
+}
+
+/// The `name size` rows of `size -A` output.
+fn parse_sections(text: &str) -> BTreeMap<String, u64> {
     let mut map = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in text.lines() {
         let mut it = line.split_whitespace();
         if let (Some(name), Some(size)) = (it.next(), it.next()) {
             if let Ok(size) = size.parse::<u64>() {
@@ -118,7 +143,7 @@ fn sections(elf: &Path) -> Result<BTreeMap<String, u64>> {
             }
         }
     }
-    Ok(map)
+    map
 }
 
 fn flash_of(s: &BTreeMap<String, u64>) -> u64 {
@@ -172,17 +197,34 @@ fn run() -> Result<()> {
         return Err("wrong decisions".into());
     }
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    let ms = |n: f64| (n * CYCLES_PER_INSTRUCTION / CLOCK_HZ * 1000.0 * 100.0).round() / 100.0;
     for s in ["transit", "employment", "rehab", "welfare"] {
-        let n = get(&format!("tap_instructions_{s}"))?;
-        out.insert(format!("tap_instructions_{s}"), n);
-        out.insert(
-            format!("tap_ms_est_{s}"),
-            (n * CYCLES_PER_INSTRUCTION / CLOCK_HZ * 1000.0 * 100.0).round() / 100.0,
-        );
+        for list in ["", "_38m"] {
+            let n = get(&format!("tap_instructions_{s}{list}"))?;
+            out.insert(format!("tap_instructions_{s}{list}"), n);
+            out.insert(format!("tap_ms_est_{s}{list}"), ms(n));
+        }
     }
+    for k in [
+        "status_list_38m_entries",
+        "status_list_38m_revoked",
+        "status_list_38m_wire_bytes",
+        "status_install_38m_instructions",
+        "status_parse_38m_instructions",
+        "status_lookup_38m_instructions_mean",
+        "status_lookup_38m_instructions_max",
+        "mount_instructions_38m",
+    ] {
+        out.insert(k.into(), get(k)?);
+    }
+    out.insert(
+        "status_install_38m_ms_est".into(),
+        ms(get("status_install_38m_instructions")?),
+    );
     let probe_sections = sections(&probe)?;
     let image_sections = sections(&image)?;
-    let stack = get("tap_stack_peak_bytes")?
+    let stack = get("mount_stack_peak_bytes")?
+        .max(get("tap_stack_peak_bytes")?)
         .max(get("update_stack_peak_bytes")?)
         .max(get("export_stack_peak_bytes")?);
     let static_ram = static_ram_of(&probe_sections) as f64;
@@ -197,11 +239,26 @@ fn run() -> Result<()> {
     );
     out.insert("firmware_ram_static_bytes".into(), static_ram);
     out.insert("firmware_stack_peak_bytes".into(), stack);
+    for k in [
+        "mount_stack_peak_bytes",
+        "tap_stack_peak_bytes",
+        "update_stack_peak_bytes",
+        "export_stack_peak_bytes",
+    ] {
+        out.insert(k.into(), get(k)?);
+    }
     out.insert("terminal_struct_bytes".into(), struct_bytes);
+    // The status list lies in its own section (memory.x): data, not the image's program.
     out.insert(
         "m4_image_flash_bytes".into(),
         flash_of(&image_sections) as f64,
     );
+    let list_section = image_sections.get(".statuslist").copied().unwrap_or(0);
+    if list_section as f64 != get("status_list_38m_wire_bytes")? {
+        return Err(format!(
+            "the image's .statuslist section has {list_section} bytes, not the list's"
+        ));
+    }
     for k in [
         "p256_asm_verify_instructions",
         "p256_asm_sign_instructions",

@@ -8,7 +8,10 @@
 //! 2. every service is tapped with valid, revoked, expired, forged and cloned cards (and a few more
 //!    paths); each decision is printed and compared with the expected one;
 //! 3. the terminal's own work per valid tap is measured (instructions, stack), the card's share
-//!    paused, and printed as `BENCH key=value` lines.
+//!    paused, and printed as `BENCH key=value` lines;
+//! 4. a national-scale status list (38 M entries, 2 % revoked; made and signed by `build.rs`, kept
+//!    in flash) is streamed into the terminal, and taps, lookups and a mount are measured against
+//!    it.
 //!
 //! The exit status is 0 only when every decision and every cross-check matched.
 #![no_std]
@@ -19,16 +22,20 @@ use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use card_applet::sim::TestRng;
-use cortex_m_rt::entry;
+use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
 use shared_crypto::apdu::Transport;
-use shared_crypto::model::{Outcome, Reason, ServiceRulesBody, ServiceSet};
+use shared_crypto::model::{Outcome, Reason, ServiceRulesBody, ServiceSet, StatusListBody};
 use shared_crypto::sig::{sha256_parts, Signer};
+use shared_crypto::status_list::StatusListView;
 use terminal_core::ram_flash::RamFlash;
+use terminal_core::slots::SLOT_HEADER_LEN;
 use terminal_core::testkit::{
     clone_card, forge_card, issue_card, Authority, CardSpec, RecordingFeedback, TestClock,
 };
-use terminal_core::{P256Verifier, ServiceRequest, Storage, Terminal, TerminalConfig, Verifier};
+use terminal_core::{
+    P256Verifier, ServiceRequest, Storage, Terminal, TerminalConfig, UpdateKind, Verifier,
+};
 
 use terminal_m4::backend::{self, AsmSigner, AsmVerifier};
 use terminal_m4::measure::{self, Meter, Metered};
@@ -44,8 +51,22 @@ const DAY: u64 = 86_400;
 const YEAR: u64 = 365 * DAY;
 const REVOKED: u32 = 5;
 
+/// The figures of the large status list `build.rs` made: the seed of the authority that signed
+/// it, its size, epoch and time, and an index valid and one revoked in it.
+mod list38m {
+    include!(concat!(env!("OUT_DIR"), "/status_list_38m.rs"));
+}
+use list38m::*;
+
+/// The signed 38 M-entry list as the server would serve it, in the image's flash, in a section
+/// of its own (memory.x) so that `size -A` shows it apart from the program.
+#[link_section = ".statuslist"]
+static LIST38M_WIRE: [u8; LIST38M_WIRE_BYTES] =
+    *include_bytes!(concat!(env!("OUT_DIR"), "/status_list_38m.bin"));
+
 const BUNDLE_SLOT: usize = 2 * SECTOR;
-const STATUS_SLOT: usize = 2 * SECTOR;
+/// Each status slot holds the large list (header + signed object, whole sectors).
+const STATUS_SLOT: usize = (SLOT_HEADER_LEN + LIST38M_WIRE_BYTES).div_ceil(SECTOR) * SECTOR;
 const RULES_SLOT: usize = SECTOR;
 const LOG: usize = 8 * SECTOR;
 const EMU_FLASH: usize = 2 * BUNDLE_SLOT + 2 * STATUS_SLOT + 2 * RULES_SLOT + LOG;
@@ -102,6 +123,12 @@ fn exit(ok: bool) -> ! {
     }
 }
 
+/// SysTick wrapped (every 671 M instructions): the meter counts wraps so long runs read right.
+#[exception]
+fn SysTick() {
+    measure::on_wrap();
+}
+
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
     hprintln!("PANIC {}", info);
@@ -142,6 +169,8 @@ impl Label {
 // 1. Backend cross-check
 
 static WYCHEPROOF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wycheproof_p256.bin"));
+/// Vectors in the Wycheproof file (build.rs refuses to build without all of them).
+const WYCHEPROOF_VECTORS: u32 = 262;
 
 fn agree(key: &[u8; 33], prehash: &[u8; 32], sig: &[u8; 64]) -> Option<bool> {
     let a = AsmVerifier.parse_key(key);
@@ -197,6 +226,18 @@ fn cross_check(auth: &Authority) {
             }
         }
     }
+    check(
+        rest.is_empty(),
+        "the Wycheproof table ends on an entry boundary",
+    );
+    check(
+        n == WYCHEPROOF_VECTORS,
+        Label::new(format_args!(
+            "{n} Wycheproof vectors checked, expected {WYCHEPROOF_VECTORS}"
+        ))
+        .as_str(),
+    );
+    check(valid > 0 && invalid > 0, "Wycheproof has both outcomes");
     hprintln!(
         "cross-check: {} Wycheproof vectors, {} valid and {} invalid under both backends",
         n,
@@ -326,6 +367,8 @@ fn building_blocks(auth: &Authority, meter: &Meter) -> [(&'static str, u64); 6] 
 
 struct Stats {
     instructions: [u64; 4],
+    /// The same valid taps against the 38 M-entry list.
+    instructions_38m: [u64; 4],
     stack: usize,
 }
 
@@ -374,6 +417,145 @@ fn tap<T: Transport>(
     instructions
 }
 
+// ------------------------------------------------------------------------------------------------
+// 4. The national-scale status list
+
+/// What the large-list part measured.
+struct Large {
+    install_instructions: u64,
+    install_stack: usize,
+    /// `StatusListView::parse` alone (header and the whole block index).
+    parse: u64,
+    lookup_mean: u64,
+    lookup_max: u64,
+}
+
+/// Indices spread over the whole large list for the lookup figures (golden-ratio steps, so they
+/// land at every position inside a block).
+fn lookup_indices() -> impl Iterator<Item = u32> {
+    (1u64..=64).map(|i| ((i * 0x9E37_79B9) % u64::from(LIST38M_SIZE)) as u32)
+}
+
+/// Streams the 38 M-entry list from flash into the terminal (verified and validated where it
+/// lies, as a download would be), measures lookups in it alone, and taps a valid and a revoked
+/// card against it for every service.
+fn large_list<A: Transport, B: Transport>(
+    term: &mut Term,
+    meter: &Meter,
+    stats: &mut Stats,
+    valid: &mut A,
+    revoked: &mut B,
+) -> Large {
+    term.clock_mut().set(Some(LIST38M_ISSUED_AT + 3600));
+    meter.reset();
+    let (installed, install_stack) = measure::stack_of(|| {
+        meter.start();
+        let r = term.begin_update(UpdateKind::StatusList).and_then(|()| {
+            for chunk in LIST38M_WIRE.chunks(4096) {
+                term.write_update(chunk)?;
+            }
+            term.finish_update()
+        });
+        meter.stop();
+        r
+    });
+    let install_instructions = meter.instructions();
+    check(
+        installed == Ok(LIST38M_EPOCH),
+        "install the 38 M-entry status list",
+    );
+    hprintln!(
+        "large list: {} entries, {} revoked, {} B signed; installed in {} instructions, {} B stack",
+        LIST38M_SIZE,
+        LIST38M_REVOKED,
+        LIST38M_WIRE_BYTES,
+        install_instructions,
+        install_stack
+    );
+
+    // What a tap pays for the list: parse the header and block index, then look one index up.
+    let list = shared_crypto::Signed::decode(&LIST38M_WIRE)
+        .and_then(|s| s.decode_trusted::<StatusListBody<'_>>())
+        .map(|b| b.list);
+    let (mut total, mut max, mut n, mut parse) = (0u64, 0u64, 0u64, 0u64);
+    if let Ok(list) = list {
+        meter.reset();
+        meter.start();
+        let parsed = StatusListView::parse(list);
+        meter.stop();
+        parse = meter.instructions();
+        check(
+            parsed.is_ok_and(|v| v.size() == LIST38M_SIZE && v.revoked_count() == LIST38M_REVOKED),
+            "the large list's header",
+        );
+        for (index, expect) in lookup_indices().map(|i| (i, None)).chain([
+            (LIST38M_VALID_INDEX, Some(false)),
+            (LIST38M_REVOKED_INDEX, Some(true)),
+        ]) {
+            meter.reset();
+            meter.start();
+            let r = StatusListView::parse(list).and_then(|v| v.is_revoked(index));
+            meter.stop();
+            let cost = meter.instructions();
+            check(r.is_ok(), "a lookup in the large list");
+            if let Some(e) = expect {
+                check(r == Ok(e), "the large list's sample indices");
+            }
+            total += cost;
+            max = max.max(cost);
+            n += 1;
+        }
+    } else {
+        fail("decode the large list");
+    }
+    let lookup_mean = total / n.max(1);
+    hprintln!(
+        "large list: parse + lookup {} instructions on average, {} at most ({} indices); parse \
+         alone {}",
+        lookup_mean,
+        max,
+        n,
+        parse
+    );
+
+    let services = [
+        ServiceRequest::Transit,
+        ServiceRequest::Employment,
+        ServiceRequest::Rehab,
+        ServiceRequest::Welfare { amount: 10 },
+    ];
+    for (i, req) in services.into_iter().enumerate() {
+        // Measured like the small-list taps: a valid card, the Issuer key looked up cold.
+        term.clock_mut().advance(3600);
+        term.clear_key_cache();
+        stats.instructions_38m[i] = tap(
+            term,
+            meter,
+            &mut *valid,
+            req,
+            "valid, 38 M list",
+            (Outcome::Accepted, Reason::Ok),
+            stats,
+        );
+        tap(
+            term,
+            meter,
+            &mut *revoked,
+            req,
+            "revoked, 38 M list",
+            (Outcome::Refused, Reason::Revoked),
+            stats,
+        );
+    }
+    Large {
+        install_instructions,
+        install_stack,
+        parse,
+        lookup_mean,
+        lookup_max: max,
+    }
+}
+
 #[entry]
 fn main() -> ! {
     let Some(peripherals) = cortex_m::Peripherals::take() else {
@@ -383,7 +565,8 @@ fn main() -> ! {
     hprintln!("terminal-m4: the terminal core on Cortex-M4 (QEMU mps2-an386)");
 
     // --- set-up, not measured -----------------------------------------------------------------
-    let Ok(auth) = Authority::new(2024, T0 - YEAR, T0 + 5 * YEAR) else {
+    // The seed build.rs signed the large status list with.
+    let Ok(auth) = Authority::new(AUTHORITY_SEED, T0 - YEAR, T0 + 5 * YEAR) else {
         exit(false)
     };
     cross_check(&auth);
@@ -402,21 +585,26 @@ fn main() -> ! {
         root_key: auth.root_key(),
         certificate: cert,
     };
-    let mut term: Term = match Terminal::mount(
-        config,
-        partitions(cells),
-        AsmVerifier,
-        signer,
-        TestClock::at(T0),
-        TestRng::new(12),
-        RecordingFeedback::default(),
-    ) {
+    // Mount is measured for stack like every other entry point (its value is returned by it).
+    let (mounted, mut mount_stack) = measure::stack_of(|| {
+        Terminal::mount(
+            config,
+            partitions(cells),
+            AsmVerifier,
+            signer,
+            TestClock::at(T0),
+            TestRng::new(12),
+            RecordingFeedback::default(),
+        )
+    });
+    let mut term: Term = match mounted {
         Ok(t) => t,
         Err(_) => {
             fail("mount");
             exit(false)
         }
     };
+    hprintln!("mount (empty flash): {} B stack", mount_stack);
     let mut buf = [0u8; 4096];
     let mut update_stack = 0usize;
     let installed = auth.trust_bundle(1, T0 - DAY, &[], &mut buf).ok().map(|b| {
@@ -472,17 +660,33 @@ fn main() -> ! {
         .and_then(|c| c.applet().card_public_key())
         .map(|k| k.to_sec1());
     let mut cloned_card = original_key.and_then(|k| clone_card(&auth, &valid, &k, 1).ok());
-    let (Ok(valid_card), Ok(revoked_card), Ok(expired_card), Ok(forged_card), Some(cloned_card)) = (
+    // Two cards in the middle of the large list: one valid, one revoked in it.
+    let valid_38m = CardSpec::entitled(6, LIST38M_VALID_INDEX, T0 - YEAR, T0 + YEAR);
+    let revoked_38m = CardSpec::entitled(7, LIST38M_REVOKED_INDEX, T0 - YEAR, T0 + YEAR);
+    let mut valid_38m_card = issue_card(&auth, &valid_38m, &auth.issuer, 6);
+    let mut revoked_38m_card = issue_card(&auth, &revoked_38m, &auth.issuer, 7);
+    let (
+        Ok(valid_card),
+        Ok(revoked_card),
+        Ok(expired_card),
+        Ok(forged_card),
+        Some(cloned_card),
+        Ok(valid_38m_card),
+        Ok(revoked_38m_card),
+    ) = (
         valid_card.as_mut(),
         revoked_card.as_mut(),
         expired_card.as_mut(),
         forged_card.as_mut(),
         cloned_card.as_mut(),
-    ) else {
+        valid_38m_card.as_mut(),
+        revoked_38m_card.as_mut(),
+    )
+    else {
         fail("personalize the simulated cards");
         exit(false)
     };
-    hprintln!("set-up: 5 cards personalized (SCP03), bundle, status list and rules installed");
+    hprintln!("set-up: 7 cards personalized (SCP03), bundle, status list and rules installed");
 
     // --- taps -----------------------------------------------------------------------------------
     let meter = Meter::new();
@@ -492,6 +696,7 @@ fn main() -> ! {
     }
     let mut stats = Stats {
         instructions: [0; 4],
+        instructions_38m: [0; 4],
         stack: 0,
     };
     let services = [
@@ -644,6 +849,56 @@ fn main() -> ! {
         _ => fail("export the log"),
     }
 
+    // --- 4. the national-scale status list -------------------------------------------------------
+    let large = large_list(
+        &mut term,
+        &meter,
+        &mut stats,
+        valid_38m_card,
+        revoked_38m_card,
+    );
+    update_stack = update_stack.max(large.install_stack);
+
+    // A reboot with the large list in force: mount checks the payload hash of every slot.
+    let storage = term.into_storage();
+    let remount_signer = AsmSigner::new(&auth.terminal.secret_bytes(), TestRng::new(13));
+    let mut mount_38m_instructions = 0;
+    if let Some(signer) = remount_signer {
+        let config = TerminalConfig {
+            root_key: auth.root_key(),
+            certificate: cert,
+        };
+        meter.reset();
+        let (mounted, s) = measure::stack_of(|| {
+            meter.start();
+            let t = Terminal::mount(
+                config,
+                storage,
+                AsmVerifier,
+                signer,
+                TestClock::at(LIST38M_ISSUED_AT + DAY),
+                TestRng::new(14),
+                RecordingFeedback::default(),
+            );
+            meter.stop();
+            t
+        });
+        mount_38m_instructions = meter.instructions();
+        mount_stack = mount_stack.max(s);
+        let epoch = mounted.as_ref().ok().and_then(|t| t.state().status_epoch);
+        check(
+            epoch == Some(LIST38M_EPOCH),
+            "the large list is in force after a reboot",
+        );
+        hprintln!(
+            "mount with the 38 M-entry list in force: {} instructions, {} B stack",
+            mount_38m_instructions,
+            s
+        );
+    } else {
+        fail("assembly signer for the remount");
+    }
+
     // --- results ----------------------------------------------------------------------------------
     let failures = FAILURES.load(Ordering::Relaxed);
     let term_size = core::mem::size_of::<Term>();
@@ -657,6 +912,31 @@ fn main() -> ! {
     hprintln!("BENCH tap_stack_peak_bytes={}", stats.stack);
     hprintln!("BENCH update_stack_peak_bytes={}", update_stack);
     hprintln!("BENCH export_stack_peak_bytes={}", export_stack);
+    hprintln!("BENCH mount_stack_peak_bytes={}", mount_stack);
+    for (s, n) in ["transit", "employment", "rehab", "welfare"]
+        .iter()
+        .zip(stats.instructions_38m)
+    {
+        hprintln!("BENCH tap_instructions_{}_38m={}", s, n);
+    }
+    hprintln!("BENCH status_list_38m_entries={}", LIST38M_SIZE);
+    hprintln!("BENCH status_list_38m_revoked={}", LIST38M_REVOKED);
+    hprintln!("BENCH status_list_38m_list_bytes={}", LIST38M_LIST_BYTES);
+    hprintln!("BENCH status_list_38m_wire_bytes={}", LIST38M_WIRE_BYTES);
+    hprintln!(
+        "BENCH status_install_38m_instructions={}",
+        large.install_instructions
+    );
+    hprintln!("BENCH status_parse_38m_instructions={}", large.parse);
+    hprintln!(
+        "BENCH status_lookup_38m_instructions_mean={}",
+        large.lookup_mean
+    );
+    hprintln!(
+        "BENCH status_lookup_38m_instructions_max={}",
+        large.lookup_max
+    );
+    hprintln!("BENCH mount_instructions_38m={}", mount_38m_instructions);
     hprintln!("BENCH terminal_struct_bytes={}", term_size);
     for (what, n) in blocks {
         hprintln!("BENCH {}_instructions={}", what, n);

@@ -3,9 +3,12 @@
 //!
 //! With `-icount shift=0` QEMU runs one instruction per virtual nanosecond and SysTick (core clock
 //! 25 MHz on mps2-an386) advances one tick per 40 instructions (ENVIRONMENT.md), so ticks x 40 =
-//! instructions, to within 40 per reading.
+//! instructions, to within 40 per reading. SysTick has 24 bits and wraps every 671 M
+//! instructions; its exception counts the wraps ([`on_wrap`]), so a long run (installing a
+//! national-scale status list takes ~500 M) is counted right.
 
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
@@ -14,8 +17,18 @@ use shared_crypto::apdu::Transport;
 /// Instructions per SysTick tick under `-icount shift=0` on mps2-an386.
 pub const INSTRUCTIONS_PER_TICK: u64 = 40;
 const RELOAD: u32 = 0x00FF_FFFF;
+/// Ticks from one reload to the next.
+const PERIOD: u64 = RELOAD as u64 + 1;
 
-/// Starts SysTick free-running from its 24-bit maximum, no interrupt.
+/// SysTick wraps since [`start_systick`].
+static WRAPS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts one SysTick wrap: call it from the SysTick exception handler (the image's `main.rs`).
+pub fn on_wrap() {
+    WRAPS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Starts SysTick free-running from its 24-bit maximum, its exception counting wraps.
 pub fn start_systick(mut syst: SYST) {
     syst.set_clock_source(SystClkSource::Core);
     syst.set_reload(RELOAD);
@@ -23,17 +36,27 @@ pub fn start_systick(mut syst: SYST) {
     syst.enable_counter();
     // The first reading after clearing is 0 until the first reload (ENVIRONMENT.md).
     while SYST::get_current() == 0 {}
+    WRAPS.store(0, Ordering::SeqCst);
+    syst.enable_interrupt();
 }
 
-fn now() -> u32 {
-    SYST::get_current()
+/// Ticks since the start, across wraps. The wrap count is read on both sides of the counter, so
+/// a wrap in between is seen and the reading repeated.
+fn now() -> u64 {
+    loop {
+        let wraps = WRAPS.load(Ordering::SeqCst);
+        let current = SYST::get_current() & RELOAD;
+        if WRAPS.load(Ordering::SeqCst) == wraps {
+            return u64::from(wraps) * PERIOD + u64::from(RELOAD - current);
+        }
+    }
 }
 
 /// An accumulator of SysTick ticks that can be paused.
 #[derive(Default)]
 pub struct Meter {
     ticks: Cell<u64>,
-    since: Cell<Option<u32>>,
+    since: Cell<Option<u64>>,
 }
 
 impl Meter {
@@ -56,12 +79,11 @@ impl Meter {
         self.since.set(Some(now()));
     }
 
-    /// Stops counting, adding the elapsed ticks. SysTick counts down and wraps every 2^24 ticks
-    /// (671 M instructions), far more than any one run between pauses.
+    /// Stops counting, adding the elapsed ticks.
     pub fn stop(&self) {
         if let Some(start) = self.since.take() {
-            let elapsed = start.wrapping_sub(now()) & RELOAD;
-            self.ticks.set(self.ticks.get() + u64::from(elapsed));
+            self.ticks
+                .set(self.ticks.get() + now().saturating_sub(start));
         }
     }
 

@@ -59,6 +59,9 @@ pub struct Db {
     writer: Option<AnyPool>,
     backend: Backend,
     gate: Arc<Mutex<()>>,
+    /// What tap-log ingestion memoizes about this database's cards (see
+    /// [`crate::ingest::CardMemo`]): per database, since a process may open several.
+    card_memo: Arc<crate::ingest::CardMemo>,
 }
 
 impl Db {
@@ -129,6 +132,7 @@ impl Db {
             writer,
             backend,
             gate: Arc::new(Mutex::new(())),
+            card_memo: Arc::default(),
         })
     }
 
@@ -152,6 +156,11 @@ impl Db {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Ingestion's card memo.
+    pub(crate) fn card_memo(&self) -> &crate::ingest::CardMemo {
+        &self.card_memo
     }
 
     /// Closes the pool (waits for connections to be returned).

@@ -23,13 +23,17 @@
 //! [`SigningInput`]: shared_crypto::sig::SigningInput
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 use serde::Serialize;
-use shared_crypto::model::{LogBatchBody, Outcome, Reason, ReceiptBody, Service, TapRecord};
-use shared_crypto::sig::Domain;
+use shared_crypto::model::{
+    KeyCertificate, KeyCertificateBody, LogBatchBody, Outcome, Reason, ReceiptBody,
+    Role as KeyRole, Service, ServiceSet, TapRecord,
+};
+use shared_crypto::sig::{Domain, SignatureBytes};
 use shared_crypto::wire::take_canonical;
 use shared_crypto::{KeyId, PublicKey, Signed};
 use sqlx::Row;
@@ -37,7 +41,7 @@ use sqlx::Row;
 use crate::anomalies::{self, CardTap, Finding, Kind, Params, Place, TravelRule};
 use crate::db::{get_u64, i64_of, Backend, WriteTx};
 use crate::error::{ApiError, ApiResult};
-use crate::ledger::{self, Debit};
+use crate::ledger::{self, CardRow, Debit, Running};
 use crate::AppState;
 
 /// The terminal that uploads, as registered.
@@ -49,6 +53,8 @@ pub struct Uploader {
     pub key_id: KeyId,
     /// Its public key, compressed (as registered).
     pub public_key: [u8; 33],
+    /// Its root-signed Terminal key certificate (wire bytes, as registered).
+    pub certificate: Vec<u8>,
 }
 
 /// The answer to an upload. `accepted` is the number of records stored now (new), `duplicates`
@@ -67,6 +73,30 @@ pub struct UploadAnswer {
     pub anomalies: u64,
 }
 
+/// A card-signed receipt as it came in a record: the envelope's parts, the body borrowed from
+/// the uploaded batch (decoded once, when the batch is opened).
+#[derive(Debug, Clone)]
+pub(crate) struct RecordReceipt {
+    signer: KeyId,
+    sig: SignatureBytes,
+    body: Bytes,
+}
+
+impl RecordReceipt {
+    fn signed(&self) -> Signed<'_> {
+        Signed {
+            signer: self.signer,
+            body: &self.body,
+            sig: self.sig,
+        }
+    }
+
+    /// The envelope's wire bytes (as the card made them: encoding is canonical).
+    pub(crate) fn wire(&self) -> Vec<u8> {
+        self.signed().to_vec()
+    }
+}
+
 /// One tap record, owned, after its batch verified.
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
@@ -79,8 +109,8 @@ pub(crate) struct Record {
     pub status_index: Option<u32>,
     pub status_epoch: u64,
     pub status_issued_at: u64,
-    /// Wire bytes of the card-signed receipt, if any.
-    pub receipt: Option<Vec<u8>>,
+    /// The card-signed receipt, if any.
+    pub receipt: Option<RecordReceipt>,
     /// SHA-256 of the record's exact encoding in the batch.
     pub hash: [u8; 32],
 }
@@ -90,14 +120,19 @@ struct Opened {
     first_seq: u32,
     last_seq: u32,
     created_at: u64,
-    records: Vec<Record>,
+    /// Shared with the verification tasks.
+    records: Arc<Vec<Record>>,
 }
 
 /// A card as ingestion needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct CardInfo {
     /// Compressed card key.
     pub key: [u8; 33],
+    /// Its key id (the signer a receipt must name).
+    pub key_id: KeyId,
+    /// The key uncompressed (what ring takes), none if the stored key is not a valid point.
+    pub full_key: Option<[u8; 65]>,
     /// Points on the card when it was personalized.
     pub initial_points: u64,
     /// The card's id.
@@ -123,77 +158,27 @@ pub fn ring_verify(
             found: signed.signer,
         });
     }
-    let message = signed.signing_input(domain, &[]).to_vec();
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
-        .verify(&message, &signed.sig.0)
-        .map_err(|_| shared_crypto::Error::Signature)
+    // ring wants the message in one piece: assembled in a buffer each thread keeps, rather
+    // than a fresh allocation per receipt.
+    thread_local! {
+        static MESSAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    MESSAGE.with(|m| {
+        let mut m = m.borrow_mut();
+        m.clear();
+        for part in signed.signing_input(domain, &[]).parts() {
+            m.extend_from_slice(part);
+        }
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
+            .verify(&m, &signed.sig.0)
+            .map_err(|_| shared_crypto::Error::Signature)
+    })
 }
 
 fn uncompressed(key: &[u8; 33]) -> Option<[u8; 65]> {
     PublicKey::from_sec1(key)
         .ok()
         .map(|k| k.to_sec1_uncompressed())
-}
-
-/// Card keys already decompressed: ring takes only uncompressed points, decompressing one is a
-/// modular square root with p256 (a noticeable part of a verification's cost), and a card's
-/// receipts come back batch after batch. A memo of a pure function, so one for the process;
-/// emptied when it reaches [`KEY_CACHE_ENTRIES`].
-static KEY_CACHE: std::sync::Mutex<Option<HashMap<[u8; 33], [u8; 65]>>> =
-    std::sync::Mutex::new(None);
-
-/// Bound of [`KEY_CACHE`] (about 100 bytes each).
-const KEY_CACHE_ENTRIES: usize = 200_000;
-
-/// The uncompressed forms of `keys` (none for a key that is not a valid point), from the cache or
-/// computed on `threads` threads.
-fn uncompressed_all(keys: &[[u8; 33]], threads: usize) -> HashMap<[u8; 33], Option<[u8; 65]>> {
-    let mut out: HashMap<[u8; 33], Option<[u8; 65]>> = HashMap::with_capacity(keys.len());
-    let mut missing: Vec<[u8; 33]> = Vec::new();
-    {
-        let cache = KEY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        for k in keys {
-            match cache.as_ref().and_then(|c| c.get(k)) {
-                Some(full) => {
-                    out.insert(*k, Some(*full));
-                }
-                None => missing.push(*k),
-            }
-        }
-    }
-    missing.sort_unstable();
-    missing.dedup();
-    if missing.is_empty() {
-        return out;
-    }
-    let per = missing.len().div_ceil(threads.max(1)).max(1);
-    let computed: Vec<([u8; 33], Option<[u8; 65]>)> = std::thread::scope(|s| {
-        let hs: Vec<_> = missing
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|k| (*k, uncompressed(k)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let mut cache = KEY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = cache.get_or_insert_with(HashMap::new);
-    if cache.len() + computed.len() > KEY_CACHE_ENTRIES {
-        cache.clear();
-    }
-    for (k, full) in computed {
-        if let Some(f) = full {
-            cache.insert(k, f);
-        }
-        out.insert(k, full);
-    }
-    out
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -203,15 +188,85 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Stage 1: the batch's signature, body and sequence.
-fn open_batch(wire: &[u8], uploader: &Uploader) -> ApiResult<Opened> {
+/// What a terminal's certificate allows, once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Certified {
+    /// The services it may perform (and so log).
+    pub services: ServiceSet,
+    /// Start of its validity.
+    pub valid_from: u64,
+    /// End of its validity.
+    pub valid_until: u64,
+}
+
+/// Checks the uploader's registered certificate: signed by this office's root key, a Terminal
+/// certificate, for the registered key, and valid at `now` (the server's clock: the server
+/// cannot tell when a batch was really signed, and after `valid_until` the key is trusted for
+/// nothing). 403 with `terminal_certificate_invalid`, `terminal_certificate_expired` or
+/// `terminal_certificate_not_yet_valid`.
+pub(crate) fn check_certificate(up: &Uploader, root: &PublicKey, now: u64) -> ApiResult<Certified> {
+    let invalid = |why: String| {
+        ApiError::forbidden(
+            "terminal_certificate_invalid",
+            format!(
+                "this terminal's registered certificate {why}; its uploads are refused \
+                 (本终端登记的证书无效，上传被拒绝)"
+            ),
+        )
+    };
+    let signed = Signed::decode(&up.certificate)
+        .map_err(|e| invalid(format!("is not a signed object: {e}")))?;
+    let root_full = uncompressed(&root.to_sec1())
+        .ok_or_else(|| anyhow::anyhow!("the office's root key is not a valid point"))?;
+    ring_verify(&signed, Domain::KeyCertificate, &root.key_id(), &root_full)
+        .map_err(|e| invalid(format!("does not verify under this office's root key: {e}")))?;
+    let body: KeyCertificateBody<'_> = signed
+        .decode_trusted()
+        .map_err(|e| invalid(format!("does not decode: {e}")))?;
+    let cert = KeyCertificate::from_trusted_body(body, signed.signer)
+        .map_err(|e| invalid(format!("is malformed: {e}")))?;
+    cert.check_role(KeyRole::Terminal)
+        .map_err(|e| invalid(format!("is not a Terminal certificate: {e}")))?;
+    if cert.body.key_id != up.key_id || cert.body.public_key.0 != up.public_key {
+        return Err(invalid(
+            "certifies another key than the one registered".to_owned(),
+        ));
+    }
+    cert.check_time(now).map_err(|e| match e {
+        shared_crypto::Error::Expired { valid_until, now } => ApiError::forbidden(
+            "terminal_certificate_expired",
+            format!(
+                "this terminal's certificate expired at {valid_until} (now {now}); the terminal \
+                 must be registered again with a new key (终端证书已过期，请用新密钥重新登记)"
+            ),
+        ),
+        shared_crypto::Error::NotYetValid { valid_from, now } => ApiError::forbidden(
+            "terminal_certificate_not_yet_valid",
+            format!(
+                "this terminal's certificate is valid from {valid_from} only (now {now}) \
+                 (终端证书尚未生效)"
+            ),
+        ),
+        other => invalid(format!("has a bad validity window: {other}")),
+    })?;
+    Ok(Certified {
+        services: cert.body.services,
+        valid_from: cert.body.valid_from,
+        valid_until: cert.body.valid_until,
+    })
+}
+
+/// Stage 1: the terminal's certificate (at `now`, the server's clock), the batch's signature,
+/// body and sequence, each record's service against the certificate.
+fn open_batch(wire: &Bytes, uploader: &Uploader, root: &PublicKey, now: u64) -> ApiResult<Opened> {
+    let cert = check_certificate(uploader, root, now)?;
     let signed = Signed::decode(wire).map_err(|e| {
         ApiError::bad_request(
             "malformed_batch",
             format!("the body is not a signed object: {e}"),
         )
     })?;
-    let key = uncompressed(&uploader.public_key)
+    let key = uncompressed_cached(&uploader.public_key)
         .ok_or_else(|| anyhow::anyhow!("stored terminal key invalid"))?;
     ring_verify(&signed, Domain::LogBatch, &uploader.key_id, &key).map_err(|e| {
         ApiError::refused(
@@ -233,28 +288,38 @@ fn open_batch(wire: &[u8], uploader: &Uploader) -> ApiResult<Opened> {
             "the batch names another terminal than the URL",
         ));
     }
-    batch.check_sequence().map_err(|_| {
+    let out_of_sequence = || {
         ApiError::invalid(
             "malformed_batch",
             "the batch's records do not run from first_seq to last_seq without gaps",
         )
-    })?;
-    if batch.last_seq < batch.first_seq {
-        // shared-crypto lets a sequence wrap past u32::MAX; four billion taps are not a
-        // terminal's life, and the stored ranges assume first <= last.
-        return Err(ApiError::invalid(
-            "malformed_batch",
-            "the batch's sequence numbers wrap around past 4294967295",
-        ));
-    }
+    };
+    // One pass over the records (the body's decoding checked the list item by item): the
+    // sequence (what `LogBatchBody::check_sequence` checks), each record's exact bytes (which a
+    // re-sent record must repeat), and each receipt's parts, kept without copying or decoding
+    // them again.
     let mut records = Vec::with_capacity(batch.records.len());
     let mut rest = batch.records.raw();
+    let mut expected = batch.first_seq;
     while !rest.is_empty() {
-        // The list was checked item by item when the body decoded; this pass keeps each
-        // record's exact bytes, which a re-sent record must repeat.
         let (r, left) = take_canonical::<TapRecord<'_>>(Domain::LogBatch, rest)
             .map_err(|e| ApiError::invalid(e.code(), format!("a tap record is malformed: {e}")))?;
         let raw = &rest[..rest.len() - left.len()];
+        if r.seq != expected {
+            return Err(out_of_sequence());
+        }
+        expected = expected.wrapping_add(1);
+        if !cert.services.contains(r.service) {
+            return Err(ApiError::invalid(
+                "service_not_certified",
+                format!(
+                    "record seq {}: service {} is not one this terminal's certificate allows; \
+                     the batch was refused and nothing of it was stored (终端证书未授权该服务)",
+                    r.seq,
+                    r.service.name()
+                ),
+            ));
+        }
         records.push(Record {
             seq: r.seq,
             time: r.time,
@@ -265,28 +330,136 @@ fn open_batch(wire: &[u8], uploader: &Uploader) -> ApiResult<Opened> {
             status_index: r.status_index,
             status_epoch: r.status_epoch,
             status_issued_at: r.status_issued_at,
-            receipt: r.receipt.map(|s| s.to_vec()),
+            receipt: r.receipt.map(|s| RecordReceipt {
+                signer: s.signer,
+                sig: s.sig,
+                body: wire.slice_ref(s.body),
+            }),
             hash: sha256(raw),
         });
         rest = left;
+    }
+    let n = u32::try_from(records.len()).map_err(|_| out_of_sequence())?;
+    if n == 0 || batch.last_seq != batch.first_seq.wrapping_add(n - 1) {
+        return Err(out_of_sequence());
+    }
+    if batch.last_seq < batch.first_seq {
+        // shared-crypto lets a sequence wrap past u32::MAX; four billion taps are not a
+        // terminal's life, and the stored ranges assume first <= last.
+        return Err(ApiError::invalid(
+            "malformed_batch",
+            "the batch's sequence numbers wrap around past 4294967295",
+        ));
     }
     Ok(Opened {
         first_seq: batch.first_seq,
         last_seq: batch.last_seq,
         created_at: batch.created_at,
-        records,
+        records: Arc::new(records),
     })
 }
 
-/// The cards named by `serials` that this office knows.
-pub(crate) async fn load_cards(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
+/// Terminal keys already decompressed (ring takes only uncompressed points; decompressing is a
+/// modular square root). A memo of a pure function, so one for the process; emptied when it
+/// reaches [`KEY_CACHE_ENTRIES`]. Card keys are memoized with the rest of the card
+/// ([`CardMemo`]).
+static KEY_CACHE: std::sync::Mutex<Option<HashMap<[u8; 33], [u8; 65]>>> =
+    std::sync::Mutex::new(None);
+
+/// Bound of [`KEY_CACHE`] (about 100 bytes each).
+const KEY_CACHE_ENTRIES: usize = 100_000;
+
+fn uncompressed_cached(key: &[u8; 33]) -> Option<[u8; 65]> {
+    if let Some(full) = KEY_CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|c| c.get(key))
+    {
+        return Some(*full);
+    }
+    let full = uncompressed(key)?;
+    let mut cache = KEY_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if cache.len() >= KEY_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(*key, full);
+    Some(full)
+}
+
+/// What never changes about a card once it exists (its id, key and initial points), memoized
+/// per database, and the revocations seen since the memo started, so that a batch reads only
+/// what is new. Revocations are only ever added, each in a new status epoch higher than every
+/// epoch before it, by a serialized writer: so a card loaded after the memo read the highest
+/// revoked epoch `W` shows every revocation up to `W`, and every later one has an epoch above
+/// `W` and is found by [`refresh_revocations`] (inside each batch's writing transaction, so as
+/// fresh as the batch).
+#[derive(Debug, Default)]
+pub struct CardMemo {
+    inner: std::sync::Mutex<MemoInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoInner {
+    cards: HashMap<[u8; 8], CardInfo>,
+    /// Highest revocation epoch read; none before the first upload.
+    watermark: Option<i64>,
+    /// Card id -> (revoked_at, epoch) for revocations above the first watermark.
+    revoked: HashMap<i64, (u64, u64)>,
+}
+
+/// Bound of the card memo (about 200 bytes each); emptied when reached.
+const CARD_MEMO_ENTRIES: usize = 500_000;
+
+impl CardMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The cards named by `serials` that this office knows (memoized; see [`CardMemo`]).
+async fn load_cards(
+    state: &AppState,
     serials: &BTreeSet<[u8; 8]>,
 ) -> ApiResult<HashMap<[u8; 8], CardInfo>> {
-    let list: Vec<&[u8; 8]> = serials.iter().collect();
-    let mut out = HashMap::with_capacity(list.len());
-    for chunk in list.chunks(1000) {
+    let memo = state.db.card_memo();
+    let backend = state.db.backend();
+    let mut conn = None;
+    if memo.lock().watermark.is_none() {
+        let c = conn.insert(state.db.pool().acquire().await?);
+        let top: Option<i64> = sqlx::query_scalar("SELECT MAX(epoch) FROM revocations")
+            .fetch_one(&mut **c)
+            .await?;
+        let top = top.unwrap_or(0);
+        // Two first uploads at once: the lower reading is the safe one (cards loaded after
+        // either reading show at least the revocations up to the lower).
+        let mut m = memo.lock();
+        m.watermark = Some(m.watermark.map_or(top, |w| w.min(top)));
+    }
+    let mut out = HashMap::with_capacity(serials.len());
+    let mut missing: Vec<[u8; 8]> = Vec::new();
+    {
+        let m = memo.lock();
+        for s in serials {
+            match m.cards.get(s) {
+                Some(c) => {
+                    out.insert(*s, *c);
+                }
+                None => missing.push(*s),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let c = match conn {
+        Some(c) => c,
+        None => state.db.pool().acquire().await?,
+    };
+    let mut c = c;
+    let mut loaded = Vec::with_capacity(missing.len());
+    for chunk in missing.chunks(1000) {
         let mut p = Params::new(backend);
         let marks = p.list(chunk.iter().map(|s| s.to_vec()));
         let sql = format!(
@@ -295,23 +468,77 @@ pub(crate) async fn load_cards(
              LEFT JOIN revocations r ON r.card_id = c.id WHERE c.serial IN ({})",
             marks
         );
-        for row in p.query(sql).fetch_all(&mut *conn).await? {
+        for row in p.query(sql).fetch_all(&mut *c).await? {
             let serial: [u8; 8] = crate::db::get_array(&row, "serial")?;
+            let key: [u8; 33] = crate::db::get_array(&row, "card_key")?;
             let revoked_at: Option<i64> = row.try_get("revoked_at")?;
             let epoch: Option<i64> = row.try_get("epoch")?;
-            out.insert(
+            loaded.push((
                 serial,
                 CardInfo {
                     id: row.try_get("id")?,
-                    key: crate::db::get_array(&row, "card_key")?,
+                    key,
+                    key_id: shared_crypto::sig::key_id_of(&key),
+                    full_key: None,
                     initial_points: get_u64(&row, "initial_points")?,
                     revoked_at: revoked_at.and_then(|v| u64::try_from(v).ok()),
                     revoke_epoch: epoch.and_then(|v| u64::try_from(v).ok()),
                 },
-            );
+            ));
         }
     }
+    drop(c);
+    // Decompressing the keys is the costly part of a new card: on the blocking pool.
+    let loaded = tokio::task::spawn_blocking(move || {
+        for (_, card) in &mut loaded {
+            card.full_key = uncompressed(&card.key);
+        }
+        loaded
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("card key task: {e}"))?;
+    let mut m = memo.lock();
+    if m.cards.len() + loaded.len() > CARD_MEMO_ENTRIES {
+        m.cards.clear();
+    }
+    for (serial, card) in loaded {
+        m.cards.insert(serial, card);
+        out.insert(serial, card);
+    }
     Ok(out)
+}
+
+/// Inside a writing transaction: reads the revocations above the memo's watermark and brings
+/// `cards` up to date with every revocation committed before this transaction.
+async fn refresh_revocations(
+    state: &AppState,
+    tx: &mut WriteTx,
+    cards: &mut HashMap<[u8; 8], CardInfo>,
+) -> ApiResult<()> {
+    let memo = state.db.card_memo();
+    let watermark = memo.lock().watermark.unwrap_or(0);
+    let rows = sqlx::query("SELECT card_id, revoked_at, epoch FROM revocations WHERE epoch > $1")
+        .bind(watermark)
+        .fetch_all(tx.conn())
+        .await?;
+    let mut m = memo.lock();
+    for row in rows {
+        let id: i64 = row.try_get("card_id")?;
+        let epoch: i64 = row.try_get("epoch")?;
+        let at = get_u64(&row, "revoked_at")?;
+        m.revoked
+            .insert(id, (at, u64::try_from(epoch).unwrap_or(0)));
+        m.watermark = Some(m.watermark.map_or(epoch, |w| w.max(epoch)));
+    }
+    if !m.revoked.is_empty() {
+        for card in cards.values_mut() {
+            if let Some((at, epoch)) = m.revoked.get(&card.id) {
+                card.revoked_at = Some(*at);
+                card.revoke_epoch = Some(*epoch);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn forged(seq: u32, why: impl std::fmt::Display) -> ApiError {
@@ -321,14 +548,115 @@ fn forged(seq: u32, why: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// Stage 2: every receipt, on all cores. Answers the decoded receipt of each record that has one.
-fn verify_receipts(
-    records: &[Record],
+/// One receipt to verify: its record and card.
+#[derive(Debug, Clone, Copy)]
+struct ReceiptJob {
+    index: usize,
+    serial: [u8; 8],
+    key_id: KeyId,
+    full_key: Option<[u8; 65]>,
+}
+
+fn check_receipt(
+    r: &RecordReceipt,
+    job: &ReceiptJob,
+    terminal: &KeyId,
+) -> Result<ReceiptBody, String> {
+    let key = job
+        .full_key
+        .ok_or_else(|| "the card's registered key is unusable".to_owned())?;
+    let signed = r.signed();
+    ring_verify(&signed, Domain::Receipt, &job.key_id, &key)
+        .map_err(|e| format!("the receipt does not verify under the card's key: {e}"))?;
+    let body: ReceiptBody = signed
+        .decode_trusted()
+        .map_err(|e| format!("the receipt does not decode: {e}"))?;
+    if body.card_serial != job.serial {
+        return Err(format!(
+            "the receipt is card {}'s, the record names card {}",
+            hex::encode(body.card_serial),
+            hex::encode(job.serial)
+        ));
+    }
+    if body.terminal != *terminal {
+        return Err(format!(
+            "the receipt was made for terminal {}, not this one",
+            hex::encode(body.terminal)
+        ));
+    }
+    Ok(body)
+}
+
+/// Receipts per task of the verification pool: small enough that the cores finish a batch
+/// together (and the next batch's tasks fill in behind), large enough that queueing costs
+/// nothing next to 64 verifications.
+const VERIFY_CHUNK: usize = 64;
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads, one per core, that verify receipts, fed first in, first out: the
+/// batches of several uploads queue here, so a batch's receipts are verified while an earlier
+/// batch is being written, with no thread started per batch.
+struct VerifyPool {
+    queue: std::sync::Mutex<std::collections::VecDeque<Task>>,
+    ready: std::sync::Condvar,
+}
+
+impl VerifyPool {
+    fn get() -> &'static VerifyPool {
+        static POOL: std::sync::OnceLock<&'static VerifyPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let pool: &'static VerifyPool = Box::leak(Box::new(VerifyPool {
+                queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                ready: std::sync::Condvar::new(),
+            }));
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            for i in 0..threads {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("receipt-verify-{i}"))
+                    .spawn(move || pool.work());
+                if let Err(e) = spawned {
+                    tracing::error!("starting a receipt verification thread: {e}");
+                }
+            }
+            pool
+        })
+    }
+
+    fn work(&self) {
+        loop {
+            let task = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(t) = q.pop_front() {
+                        break t;
+                    }
+                    q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            task();
+        }
+    }
+
+    fn submit(&self, tasks: impl IntoIterator<Item = Task>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.extend(tasks);
+        drop(q);
+        self.ready.notify_all();
+    }
+}
+
+/// Stage 2: every receipt, on the verification pool. Answers the decoded receipt of each record
+/// that has one.
+async fn verify_receipts(
+    records: Arc<Vec<Record>>,
     cards: &HashMap<[u8; 8], CardInfo>,
     terminal: KeyId,
 ) -> ApiResult<Vec<Option<ReceiptBody>>> {
     // The cheap refusals first, in record order.
-    let mut jobs: Vec<(usize, [u8; 8], [u8; 33])> = Vec::new();
+    let mut jobs: Vec<ReceiptJob> = Vec::new();
     for (i, r) in records.iter().enumerate() {
         if r.receipt.is_none() {
             continue;
@@ -345,114 +673,91 @@ fn verify_receipts(
                 ),
             ));
         };
-        jobs.push((i, serial, card.key));
-    }
-    let check = |i: usize, serial: [u8; 8], key: &[u8; 65]| -> Result<ReceiptBody, String> {
-        let wire = records[i].receipt.as_deref().unwrap_or_default();
-        let signed = Signed::decode(wire).map_err(|e| format!("the receipt is malformed: {e}"))?;
-        let key_id = shared_crypto::sig::key_id_of(&cards[&serial].key);
-        ring_verify(&signed, Domain::Receipt, &key_id, key)
-            .map_err(|e| format!("the receipt does not verify under the card's key: {e}"))?;
-        let body: ReceiptBody = signed
-            .decode_trusted()
-            .map_err(|e| format!("the receipt does not decode: {e}"))?;
-        if body.card_serial != serial {
-            return Err(format!(
-                "the receipt is card {}'s, the record names card {}",
-                hex::encode(body.card_serial),
-                hex::encode(serial)
-            ));
-        }
-        if body.terminal != terminal {
-            return Err(format!(
-                "the receipt was made for terminal {}, not this one",
-                hex::encode(body.terminal)
-            ));
-        }
-        Ok(body)
-    };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(jobs.len().div_ceil(64))
-        .max(1);
-    let per = jobs.len().div_ceil(threads).max(1);
-    let card_keys: Vec<[u8; 33]> = jobs.iter().map(|j| j.2).collect();
-    let full_keys = uncompressed_all(&card_keys, threads);
-    let run = |part: &[(usize, [u8; 8], [u8; 33])]| {
-        part.iter()
-            .map(|(i, serial, key)| {
-                let result = match full_keys.get(key).copied().flatten() {
-                    Some(k) => check(*i, *serial, &k),
-                    None => Err("the card's registered key is unusable".to_owned()),
-                };
-                (*i, result)
-            })
-            .collect::<Vec<_>>()
-    };
-    let results: Vec<(usize, Result<ReceiptBody, String>)> = if threads == 1 {
-        run(&jobs)
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = jobs.chunks(per).map(|part| s.spawn(|| run(part))).collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        })
-    };
-    if results.len() != jobs.len() {
-        return Err(anyhow::anyhow!("a receipt verification thread failed").into());
+        jobs.push(ReceiptJob {
+            index: i,
+            serial,
+            key_id: card.key_id,
+            full_key: card.full_key,
+        });
     }
     let mut out = vec![None; records.len()];
-    for (i, r) in results {
-        match r {
-            Ok(body) => out[i] = Some(body),
-            // Jobs are in record order and parts keep it: the first failure is the lowest seq.
-            Err(why) => return Err(forged(records[i].seq, why)),
+    if jobs.is_empty() {
+        return Ok(out);
+    }
+    type Results = Vec<(usize, Result<ReceiptBody, String>)>;
+    let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Results>();
+    // Once a receipt fails the batch is refused: the tasks still queued skip their work.
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chunks: Vec<Vec<ReceiptJob>> = jobs.chunks(VERIFY_CHUNK).map(<[_]>::to_vec).collect();
+    let n = chunks.len();
+    VerifyPool::get().submit(chunks.into_iter().map(|part| {
+        let (records, send, failed) = (records.clone(), send.clone(), failed.clone());
+        Box::new(move || {
+            let mut results = Vec::with_capacity(part.len());
+            for job in &part {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Some(receipt) = records[job.index].receipt.as_ref() else {
+                    continue;
+                };
+                let r = check_receipt(receipt, job, &terminal);
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                results.push((job.index, r));
+            }
+            // The upload may have gone (client gone): nothing to tell then.
+            let _ = send.send(results);
+        }) as Task
+    }));
+    drop(send);
+    let mut first_failure: Option<(usize, String)> = None;
+    for _ in 0..n {
+        let results = receive
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("a receipt verification task failed"))?;
+        for (i, r) in results {
+            match r {
+                Ok(body) => out[i] = Some(body),
+                // The refusal names the lowest failing record seen.
+                Err(why) => {
+                    if first_failure.as_ref().is_none_or(|(j, _)| i < *j) {
+                        first_failure = Some((i, why));
+                    }
+                }
+            }
         }
+    }
+    if let Some((i, why)) = first_failure {
+        return Err(forged(records[i].seq, why));
+    }
+    if jobs.iter().any(|j| out[j.index].is_none()) {
+        return Err(anyhow::anyhow!("a receipt was not verified").into());
     }
     Ok(out)
 }
-
-/// Admits one upload at a time to receipt verification (which uses every core itself).
-static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Handles one upload (stages in the module documentation).
 pub async fn upload(state: &AppState, uploader: Uploader, wire: Bytes) -> ApiResult<UploadAnswer> {
     let received_at = crate::now();
     let up = uploader.clone();
+    let root = state.keys.root.public_key();
     let kept = wire.clone();
-    let opened = tokio::task::spawn_blocking(move || open_batch(&kept, &up))
+    let opened = tokio::task::spawn_blocking(move || open_batch(&kept, &up, &root, received_at))
         .await
         .map_err(|e| anyhow::anyhow!("batch verification task: {e}"))??;
     let serials: BTreeSet<[u8; 8]> = opened.records.iter().filter_map(|r| r.card).collect();
-    let cards = {
-        let mut conn = state.db.pool().acquire().await?;
-        load_cards(&mut conn, state.db.backend(), &serials).await?
-    };
-    let key_id = uploader.key_id;
-    // One upload's receipts at a time, on every core: more verifying threads than cores would
-    // only take turns with each other and starve the one writer that every upload waits for.
-    let permit = VERIFYING
-        .acquire()
-        .await
-        .map_err(|e| anyhow::anyhow!("verification gate: {e}"))?;
-    let (opened, cards, receipts) = tokio::task::spawn_blocking(move || {
-        let receipts = verify_receipts(&opened.records, &cards, key_id);
-        (opened, cards, receipts)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("receipt verification task: {e}"))?;
-    drop(permit);
-    let receipts = receipts?;
+    let cards = load_cards(state, &serials).await?;
+    let receipts = verify_receipts(opened.records.clone(), &cards, uploader.key_id).await?;
     store(
         state,
         &uploader,
         &wire,
         opened,
         receipts,
-        &cards,
+        cards,
         received_at,
     )
     .await
@@ -483,7 +788,7 @@ async fn store(
     wire: &[u8],
     opened: Opened,
     receipts: Vec<Option<ReceiptBody>>,
-    cards: &HashMap<[u8; 8], CardInfo>,
+    mut cards: HashMap<[u8; 8], CardInfo>,
     received_at: u64,
 ) -> ApiResult<UploadAnswer> {
     let Opened {
@@ -492,6 +797,7 @@ async fn store(
         created_at,
         records,
     } = opened;
+    let records: &[Record] = &records;
     let mut tx = state.db.begin_write().await?;
 
     // Records stored before must be the same bytes.
@@ -569,10 +875,13 @@ async fn store(
     .fetch_one(tx.conn())
     .await?;
     let backend = state.db.backend();
+    // The running totals and latest tap of every card of the new records, in one read.
+    let tapped: BTreeSet<[u8; 8]> = fresh.iter().filter_map(|&i| records[i].card).collect();
+    let rows = load_card_rows(&mut tx, backend, &tapped).await?;
     // Impossible travel, against the card's neighbouring taps anywhere (read before this
     // batch's taps are stored; they are added from memory).
-    let travel = travel_findings(state, &mut tx, up, &records, &fresh).await?;
-    insert_taps(&mut tx, backend, up.id, batch_id, &records, &fresh).await?;
+    let travel = travel_findings(state, &mut tx, up, records, &fresh, &rows).await?;
+    insert_taps(&mut tx, backend, up.id, batch_id, records, &fresh).await?;
 
     // The points ledger.
     let mut debits: BTreeMap<[u8; 8], Vec<Debit>> = BTreeMap::new();
@@ -589,13 +898,25 @@ async fn store(
             time: body.time,
             reference: body.reference,
             tap_seq: Some(i64::from(records[i].seq)),
-            wire: wire.clone(),
+            wire: wire.wire(),
         });
     }
-    let ledger = ledger::apply(&mut tx, backend, up.id, debits, cards).await?;
+    let ledger = ledger::apply(&mut tx, backend, up.id, debits, &cards, &rows).await?;
     findings.extend(ledger.findings);
+    write_card_rows(
+        &mut tx,
+        backend,
+        up.id,
+        records,
+        &fresh,
+        &rows,
+        &ledger.totals,
+    )
+    .await?;
 
-    // A revoked card accepted after its revocation.
+    // A revoked card accepted after its revocation (as of every revocation committed before
+    // this transaction).
+    refresh_revocations(state, &mut tx, &mut cards).await?;
     for &i in &fresh {
         let r = &records[i];
         let (Outcome::Accepted, Some(serial)) = (r.outcome, r.card) else {
@@ -756,6 +1077,114 @@ async fn insert_taps(
     Ok(())
 }
 
+/// The `card_points` rows of `serials` (see [`CardRow`]).
+async fn load_card_rows(
+    tx: &mut WriteTx,
+    backend: Backend,
+    serials: &BTreeSet<[u8; 8]>,
+) -> ApiResult<HashMap<[u8; 8], CardRow>> {
+    let list: Vec<&[u8; 8]> = serials.iter().collect();
+    let mut out = HashMap::with_capacity(list.len());
+    for chunk in list.chunks(1000) {
+        let mut p = Params::new(backend);
+        let marks = p.list(chunk.iter().map(|s| s.to_vec()));
+        let sql = format!(
+            "SELECT card_serial, receipts, debited, top_counter, top_balance, last_tap_time, \
+             last_tap_terminal, last_tap_seq FROM card_points WHERE card_serial IN ({marks})"
+        );
+        for row in p.query(sql).fetch_all(tx.conn()).await? {
+            let serial: [u8; 8] = crate::db::get_array(&row, "card_serial")?;
+            let receipts = get_u64(&row, "receipts")?;
+            let top = u32::try_from(get_u64(&row, "top_counter")?)
+                .map_err(|_| anyhow::anyhow!("stored counter out of range"))?;
+            let time: Option<i64> = row.try_get("last_tap_time")?;
+            let terminal: Option<i64> = row.try_get("last_tap_terminal")?;
+            let seq: Option<i64> = row.try_get("last_tap_seq")?;
+            let last_tap = match (time, terminal, seq) {
+                (Some(t), Some(id), Some(s)) => Some((
+                    u64::try_from(t).map_err(|_| anyhow::anyhow!("stored time negative"))?,
+                    id,
+                    u32::try_from(s).map_err(|_| anyhow::anyhow!("stored seq out of range"))?,
+                )),
+                _ => None,
+            };
+            out.insert(
+                serial,
+                CardRow {
+                    receipts,
+                    debited: get_u64(&row, "debited")?,
+                    top: (receipts > 0).then_some((top, get_u64(&row, "top_balance")?)),
+                    last_tap,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the `card_points` rows that the new records change: the running totals of the
+/// receipts stored (`totals`) and the latest tap. Absolute values: the rows were read in this
+/// transaction, and writers are serialized.
+async fn write_card_rows(
+    tx: &mut WriteTx,
+    backend: Backend,
+    terminal_id: i64,
+    records: &[Record],
+    fresh: &[usize],
+    rows: &HashMap<[u8; 8], CardRow>,
+    totals: &BTreeMap<[u8; 8], Running>,
+) -> Result<(), sqlx::Error> {
+    let mut changed: BTreeMap<[u8; 8], CardRow> = BTreeMap::new();
+    for &i in fresh {
+        let r = &records[i];
+        let Some(serial) = r.card else { continue };
+        let row = changed
+            .entry(serial)
+            .or_insert_with(|| rows.get(&serial).copied().unwrap_or_default());
+        let key = (r.time, terminal_id, r.seq);
+        if row.last_tap.is_none_or(|last| key > last) {
+            row.last_tap = Some(key);
+        }
+    }
+    let none = Running::default();
+    let changed: Vec<([u8; 8], CardRow)> = changed
+        .into_iter()
+        .map(|(s, row)| (s, row.plus(totals.get(&s).unwrap_or(&none))))
+        .filter(|(s, row)| rows.get(s) != Some(row))
+        .collect();
+    for chunk in changed.chunks(500) {
+        let mut p = Params::new(backend);
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(serial, row)| {
+                let (top, balance) = row.top.unwrap_or((0, 0));
+                let last = row.last_tap;
+                p.row(vec![
+                    serial.to_vec().into(),
+                    i64_of(row.receipts).into(),
+                    i64_of(row.debited).into(),
+                    i64::from(top).into(),
+                    i64_of(balance).into(),
+                    last.map(|l| i64_of(l.0)).into(),
+                    last.map(|l| l.1).into(),
+                    last.map(|l| i64::from(l.2)).into(),
+                ])
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO card_points (card_serial, receipts, debited, top_counter, top_balance, \
+             last_tap_time, last_tap_terminal, last_tap_seq) VALUES {} ON CONFLICT (card_serial) \
+             DO UPDATE SET receipts = excluded.receipts, debited = excluded.debited, \
+             top_counter = excluded.top_counter, top_balance = excluded.top_balance, \
+             last_tap_time = excluded.last_tap_time, last_tap_terminal = excluded.last_tap_terminal, \
+             last_tap_seq = excluded.last_tap_seq",
+            values.join(",")
+        );
+        p.query(sql).execute(tx.conn()).await?;
+    }
+    Ok(())
+}
+
 fn revoked_finding(
     up: &Uploader,
     r: &Record,
@@ -805,6 +1234,9 @@ fn revoked_finding(
     }
 }
 
+/// A tap in the order the travel rule walks a card's taps: (time, terminal id, seq).
+type TapKey = (u64, i64, u32);
+
 /// Finds the card's nearest earlier and later taps around each new tap (any terminal, any
 /// batch, and the batch itself) and applies the travel rule to each neighbouring pair with a new
 /// tap in it. Runs before the new taps are stored.
@@ -814,26 +1246,44 @@ async fn travel_findings(
     up: &Uploader,
     records: &[Record],
     fresh: &[usize],
+    rows: &HashMap<[u8; 8], CardRow>,
 ) -> ApiResult<Vec<Finding>> {
     let rule = TravelRule::of(&state.config);
     let horizon = i64_of(rule.horizon_s());
-    // Per card: the time span of its new taps.
-    let mut spans: BTreeMap<[u8; 8], (i64, i64)> = BTreeMap::new();
+    // Per card: the time span of its new taps, and the first of them in tap order.
+    let mut spans: BTreeMap<[u8; 8], (i64, i64, TapKey)> = BTreeMap::new();
     for &i in fresh {
         let r = &records[i];
         if let Some(c) = r.card {
             let t = i64_of(r.time);
-            let e = spans.entry(c).or_insert((t, t));
+            let key = (r.time, up.id, r.seq);
+            let e = spans.entry(c).or_insert((t, t, key));
             e.0 = e.0.min(t);
             e.1 = e.1.max(t);
+            e.2 = e.2.min(key);
         }
     }
     if spans.is_empty() {
         return Ok(Vec::new());
     }
     let new_taps: HashSet<u32> = fresh.iter().map(|&i| records[i].seq).collect();
-    let list: Vec<([u8; 8], (i64, i64))> = spans.into_iter().collect();
     let mut taps: BTreeMap<[u8; 8], BTreeSet<(u64, i64, u32)>> = BTreeMap::new();
+    // The usual case needs no search: the card's new taps all come after its latest stored
+    // one (kept in its `card_points` row), which is then the only stored tap next to one of
+    // them (the nearest earlier; no later one exists), and only within the horizon, as the
+    // search below would find it. A card without a row or without a latest tap has no stored
+    // tap. The other cards (taps arriving out of order) are searched in the index.
+    let mut list: Vec<([u8; 8], (i64, i64))> = Vec::new();
+    for (serial, (lo, hi, first)) in spans {
+        match rows.get(&serial).and_then(|r| r.last_tap) {
+            None => {}
+            Some(last) if last < first && i64_of(last.0) >= lo.saturating_sub(horizon) => {
+                taps.entry(serial).or_default().insert(last);
+            }
+            Some(last) if last < first => {}
+            Some(_) => list.push((serial, (lo, hi))),
+        }
+    }
     let backend = state.db.backend();
     for chunk in list.chunks(500) {
         // Within each card's span: every tap. Before and after it: the nearest ones within the
@@ -1003,6 +1453,7 @@ mod tests {
             id: 3,
             key_id: [0xAA; 8],
             public_key: [2; 33],
+            certificate: Vec::new(),
         };
         let head = |first_seq, created_at| BatchHead {
             first_seq,

@@ -309,15 +309,34 @@ pub struct Applied {
     pub stored: u64,
     /// Anomalies found (not stored yet).
     pub findings: Vec<Finding>,
+    /// Per card: what the stored receipts add to its running totals.
+    pub totals: BTreeMap<[u8; 8], Running>,
+}
+
+/// A card's row of `card_points`: the ledger's running totals and the card's latest tap, a
+/// summary of `receipts` and `taps` kept in the same transaction as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CardRow {
+    /// Receipts stored (0: none, and then `top` means nothing).
+    pub receipts: u64,
+    /// Sum of their amounts.
+    pub debited: u64,
+    /// Highest stored counter and the balance after it.
+    pub top: Option<(u32, u64)>,
+    /// The card's latest stored tap by (time, terminal id, seq), if it has one.
+    pub last_tap: Option<(u64, i64, u32)>,
 }
 
 /// Loads what the checks need for the cards of `debits`, runs them, and stores the receipts.
+/// `rows` are the cards' `card_points` rows, read in this transaction; the receipts' effect on
+/// them is in [`Applied::totals`], for the caller to write.
 pub(crate) async fn apply(
     tx: &mut WriteTx,
     backend: Backend,
     uploader: i64,
     debits: BTreeMap<[u8; 8], Vec<Debit>>,
     cards: &HashMap<[u8; 8], CardInfo>,
+    rows: &HashMap<[u8; 8], CardRow>,
 ) -> ApiResult<Applied> {
     let mut applied = Applied::default();
     if debits.is_empty() {
@@ -328,29 +347,12 @@ pub(crate) async fn apply(
         .iter()
         .map(|s| {
             let initial = cards.get(s).map_or(0, |c| c.initial_points);
-            (
-                *s,
-                CardBefore {
-                    initial,
-                    ..CardBefore::default()
-                },
-            )
-        })
-        .collect();
-    for chunk in serials.chunks(1000) {
-        let mut p = Params::new(backend);
-        let list = p.list(chunk.iter().map(|s| s.to_vec()));
-        let sql = format!(
-            "SELECT card_serial, debited, top_counter, top_balance FROM card_points \
-             WHERE card_serial IN ({})",
-            list
-        );
-        for row in p.query(sql).fetch_all(tx.conn()).await? {
-            let serial: [u8; 8] = crate::db::get_array(&row, "card_serial")?;
-            if let Some(b) = before.get_mut(&serial) {
-                b.debited = get_u64(&row, "debited")?;
-                let top = u32::try_from(get_u64(&row, "top_counter")?)
-                    .map_err(|_| anyhow::anyhow!("stored counter out of range"))?;
+            let mut b = CardBefore {
+                initial,
+                ..CardBefore::default()
+            };
+            if let Some((top, balance)) = rows.get(s).and_then(|r| r.top) {
+                b.debited = rows.get(s).map_or(0, |r| r.debited);
                 b.top = Some(top);
                 // The last receipt's balance: all the checks need of it when the new receipts
                 // follow it (its amount only counts for counters from the lowest new one up).
@@ -359,7 +361,7 @@ pub(crate) async fn apply(
                     Debit {
                         counter: top,
                         amount: 0,
-                        balance_after: get_u64(&row, "top_balance")?,
+                        balance_after: balance,
                         terminal_id: 0,
                         terminal: [0; 8],
                         time: 0,
@@ -369,7 +371,10 @@ pub(crate) async fn apply(
                     },
                 );
             }
-        }
+            (*s, b)
+        })
+        .collect();
+    for chunk in serials.chunks(1000) {
         // Grants, by card id.
         let ids: Vec<(i64, [u8; 8])> = chunk
             .iter()
@@ -504,7 +509,7 @@ pub(crate) async fn apply(
         );
         p.query(sql).execute(tx.conn()).await?;
     }
-    update_running_totals(tx, backend, &to_store).await?;
+    applied.totals = running_totals(&to_store);
     applied.stored = to_store.len() as u64;
     for serial in fills {
         resolve_counter_gaps(tx, &serial).await?;
@@ -512,60 +517,44 @@ pub(crate) async fn apply(
     Ok(applied)
 }
 
-/// What `card_points` adds up for one card.
-#[derive(Debug, Default, Clone, Copy)]
-struct Running {
-    receipts: i64,
-    debited: u64,
-    top: u32,
-    top_balance: u64,
+/// What stored receipts add to one card's running totals.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    /// Receipts.
+    pub receipts: u64,
+    /// Points they debit.
+    pub debited: u64,
+    /// Their highest counter and its balance_after.
+    pub top: (u32, u64),
 }
 
-/// Adds the receipts just stored to the cards' running totals (`card_points`).
-async fn update_running_totals(
-    tx: &mut WriteTx,
-    backend: Backend,
-    stored: &[([u8; 8], Debit)],
-) -> Result<(), sqlx::Error> {
+impl CardRow {
+    /// The row after `add`.
+    pub(crate) fn plus(mut self, add: &Running) -> CardRow {
+        if add.receipts == 0 {
+            return self;
+        }
+        self.receipts += add.receipts;
+        self.debited += add.debited;
+        if self.top.is_none_or(|(t, _)| add.top.0 > t) {
+            self.top = Some(add.top);
+        }
+        self
+    }
+}
+
+/// Sums the receipts just stored per card.
+fn running_totals(stored: &[([u8; 8], Debit)]) -> BTreeMap<[u8; 8], Running> {
     let mut totals: BTreeMap<[u8; 8], Running> = BTreeMap::new();
     for (serial, d) in stored {
         let t = totals.entry(*serial).or_default();
         t.receipts += 1;
         t.debited += d.amount;
-        if d.counter >= t.top {
-            t.top = d.counter;
-            t.top_balance = d.balance_after;
+        if d.counter >= t.top.0 {
+            t.top = (d.counter, d.balance_after);
         }
     }
-    let totals: Vec<([u8; 8], Running)> = totals.into_iter().collect();
-    for chunk in totals.chunks(500) {
-        let mut p = Params::new(backend);
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|(serial, t)| {
-                p.row(vec![
-                    serial.to_vec().into(),
-                    t.receipts.into(),
-                    i64_of(t.debited).into(),
-                    i64::from(t.top).into(),
-                    i64_of(t.top_balance).into(),
-                ])
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO card_points (card_serial, receipts, debited, top_counter, top_balance) \
-             VALUES {} ON CONFLICT (card_serial) DO UPDATE SET \
-             receipts = card_points.receipts + excluded.receipts, \
-             debited = card_points.debited + excluded.debited, \
-             top_balance = CASE WHEN excluded.top_counter > card_points.top_counter \
-             THEN excluded.top_balance ELSE card_points.top_balance END, \
-             top_counter = CASE WHEN excluded.top_counter > card_points.top_counter \
-             THEN excluded.top_counter ELSE card_points.top_counter END",
-            rows.join(",")
-        );
-        p.query(sql).execute(tx.conn()).await?;
-    }
-    Ok(())
+    totals
 }
 
 fn debit_of_row(row: &sqlx::any::AnyRow) -> ApiResult<Debit> {

@@ -249,14 +249,15 @@ async fn list(State(state): State<AppState>, staff: Staff) -> ApiResult<Json<Vec
 }
 
 /// Accepts a terminal-signed log batch (see [`crate::ingest`]): authenticated by its signature
-/// under the registered terminal key.
+/// under the registered terminal key, whose root-signed certificate must be valid now and allow
+/// the service of every record.
 async fn upload_logs(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
     RawBody(wire): RawBody,
 ) -> ApiResult<Json<UploadAnswer>> {
     let key_id = parse_key_id(&key_id)?;
-    let row = sqlx::query("SELECT id, public_key FROM terminals WHERE key_id = $1")
+    let row = sqlx::query("SELECT id, public_key, certificate FROM terminals WHERE key_id = $1")
         .bind(key_id.to_vec())
         .fetch_optional(state.db.pool())
         .await?
@@ -270,6 +271,7 @@ async fn upload_logs(
         id: row.try_get("id")?,
         key_id,
         public_key: get_array(&row, "public_key")?,
+        certificate: row.try_get("certificate")?,
     };
     Ok(Json(ingest::upload(&state, uploader, wire).await?))
 }

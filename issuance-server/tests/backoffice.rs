@@ -12,7 +12,9 @@ use axum::http::{header, Request, StatusCode};
 use common::{application, Office, Reply, Staff};
 use issuance_server::keys::RingSigner;
 use serde_json::{json, Value};
-use shared_crypto::model::{LogBatchBody, Outcome, Reason, ReceiptBody, Service, TapRecord};
+use shared_crypto::model::{
+    LogBatchBody, Outcome, Reason, ReceiptBody, Role as KeyRole, Service, ServiceSet, TapRecord,
+};
 use shared_crypto::wire::ItemsBuf;
 use shared_crypto::{Signed, Signer};
 
@@ -27,6 +29,7 @@ both_backends!(
     usage_statistics_exact_and_suppressed,
     roles_and_bad_parameters,
     terminal_locations,
+    terminal_certificate_and_services,
 );
 
 /// A registered terminal and its key.
@@ -692,6 +695,14 @@ async fn revoked_card_accepted_after_revocation(o: Office) {
     let employer = terminal(&o, &s, "Employer", 110105, None).await;
     let c = card(&o, &s, 6).await;
     let listed = issuance_server::now() - 7200;
+    // The card taps once before it is revoked (so the server knows it as a sound card when the
+    // revocation comes: what it remembers of cards must not hide a revocation).
+    let gate = terminal(&o, &s, "Gate", 110105, None).await;
+    let early = Rec::tap(0, listed + 60, Service::Transit, &c);
+    assert_eq!(
+        accept(&o, &gate, batch(&gate, &[early])).await["anomalies"],
+        0
+    );
     let r = o
         .post(
             &format!("/api/v1/cards/{}/revoke", c.hex()),
@@ -1269,4 +1280,212 @@ async fn terminal_locations(o: Office) {
     let list = o.get("/api/v1/terminals", Some(&s.auditor)).await.json();
     assert_eq!(list[0]["location"]["latitude"], BEIJING.0);
     assert!(list[1]["location"].is_null());
+}
+
+/// Replaces a terminal's registered certificate (tampering, or a certificate from before a
+/// change of the rules).
+async fn set_certificate(o: &Office, term: &Term, cert: &[u8]) {
+    let r = sqlx::query("UPDATE terminals SET certificate = $1 WHERE key_id = $2")
+        .bind(cert.to_vec())
+        .bind(term.key_id.to_vec())
+        .execute(o.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), 1);
+}
+
+fn certificate(
+    root: &RingSigner,
+    role: KeyRole,
+    key: &RingSigner,
+    services: ServiceSet,
+    valid: (u64, u64),
+) -> Vec<u8> {
+    issuance_server::keys::certify(
+        root,
+        &issuance_server::keys::CertRequest {
+            role,
+            subject: "Shop",
+            region: 110105,
+            services,
+            public: key.public_key(),
+            valid_from: valid.0,
+            valid_until: valid.1,
+        },
+    )
+    .unwrap()
+}
+
+async fn terminal_certificate_and_services(o: Office) {
+    let s = o.staff().await;
+    let t = terminal(&o, &s, "Shop", 110105, None).await;
+    let c = card(&o, &s, 11).await;
+    let now = issuance_server::now();
+    let registered: Vec<u8> =
+        sqlx::query_scalar("SELECT certificate FROM terminals WHERE key_id = $1")
+            .bind(t.key_id.to_vec())
+            .fetch_one(o.state.db.pool())
+            .await
+            .unwrap();
+    let root = &o.state.keys.root;
+    let all = ServiceSet::of(Service::ALL);
+    let recs = [
+        Rec::tap(0, now - 20, Service::Transit, &c),
+        Rec::tap(1, now - 10, Service::Welfare, &c).with_receipt(c.receipt(&t, 1, 10, 90)),
+    ];
+    let wire = batch(&t, &recs);
+    let before = stored(&o).await;
+    let (stranger_root, _) = RingSigner::generate().unwrap();
+    let (other_key, _) = RingSigner::generate().unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "expired a second ago",
+            certificate(
+                root,
+                KeyRole::Terminal,
+                &t.key,
+                all,
+                (now - 86_400, now - 1),
+            ),
+            "terminal_certificate_expired",
+        ),
+        (
+            "not valid yet",
+            certificate(
+                root,
+                KeyRole::Terminal,
+                &t.key,
+                all,
+                (now + 600, now + 86_400),
+            ),
+            "terminal_certificate_not_yet_valid",
+        ),
+        (
+            "signed by another root",
+            certificate(
+                &stranger_root,
+                KeyRole::Terminal,
+                &t.key,
+                all,
+                (now - 60, now + 86_400),
+            ),
+            "terminal_certificate_invalid",
+        ),
+        (
+            "certifies another key",
+            certificate(
+                root,
+                KeyRole::Terminal,
+                &other_key,
+                all,
+                (now - 60, now + 86_400),
+            ),
+            "terminal_certificate_invalid",
+        ),
+        (
+            "not a Terminal certificate",
+            certificate(
+                root,
+                KeyRole::Voucher,
+                &t.key,
+                all,
+                (now - 60, now + 86_400),
+            ),
+            "terminal_certificate_invalid",
+        ),
+        (
+            "not a certificate at all",
+            b"garbage".to_vec(),
+            "terminal_certificate_invalid",
+        ),
+        (
+            "tampered",
+            {
+                let mut bad = registered.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 0x01;
+                bad
+            },
+            "terminal_certificate_invalid",
+        ),
+    ];
+    for (what, cert, code) in cases {
+        set_certificate(&o, &t, &cert).await;
+        let r = upload(&o, &t, wire.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.json());
+        r.refused(403, code);
+        assert_eq!(stored(&o).await, before, "{what}: something was stored");
+    }
+    // A certificate that allows transit only: the welfare record is refused, naming it.
+    let transit = ServiceSet::of(&[Service::Transit]);
+    set_certificate(
+        &o,
+        &t,
+        &certificate(
+            root,
+            KeyRole::Terminal,
+            &t.key,
+            transit,
+            (now - 60, now + 86_400),
+        ),
+    )
+    .await;
+    let r = upload(&o, &t, wire.clone()).await;
+    r.refused(422, "service_not_certified");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("record seq 1"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(stored(&o).await, before);
+    // Its transit record alone is accepted: the check is per record.
+    let a = accept(&o, &t, batch(&t, &recs[..1])).await;
+    assert_eq!(a["accepted"], 1);
+    // Registered as the office made it (valid from registration for two years, all four
+    // services): the whole batch goes in, the first record once.
+    set_certificate(&o, &t, &registered).await;
+    let a = accept(&o, &t, wire).await;
+    assert_eq!(
+        (
+            a["accepted"].clone(),
+            a["duplicates"].clone(),
+            a["receipts"].clone()
+        ),
+        (json!(1), json!(1), json!(1))
+    );
+    // A terminal registered for welfare only cannot log a transit tap.
+    let (key, _) = RingSigner::generate().unwrap();
+    let r = o
+        .post(
+            "/api/v1/terminals",
+            &s.admin,
+            json!({
+                "subject": "Welfare shop",
+                "public_key": hex::encode(key.public_key().to_sec1()),
+                "services": ["welfare"],
+                "region": 110105,
+            }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json());
+    let key_id = key.key_id();
+    let shop = Term {
+        url: format!("/api/v1/terminals/{}/logs", hex::encode(key_id)),
+        key,
+        key_id,
+    };
+    let r = upload(
+        &o,
+        &shop,
+        batch(&shop, &[Rec::tap(0, now - 5, Service::Transit, &c)]),
+    )
+    .await;
+    r.refused(422, "service_not_certified");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("record seq 0"));
 }

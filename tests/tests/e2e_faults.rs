@@ -330,15 +330,20 @@ fn a_status_delta_for_the_wrong_epoch_is_not_applied() -> Result<()> {
         .get_bytes("/api/v1/status-list/delta?from=2")?;
     *lock(&wrong_delta) = Some(delta);
 
-    // With no full list to fall back on, the terminal keeps what it has.
+    // With no full list to fall back on, the terminal keeps what it has. The full list answers
+    // 503 here, so a failure of `status_list` alone would pass whatever refused the delta: the
+    // report must name the epoch mismatch itself.
     list_down.store(true, Ordering::SeqCst);
     let (ok, report, stderr) = gate.sync_output()?;
     ensure!(!ok, "the sync reported success: {report}");
+    let why = report["failed"]
+        .as_array()
+        .and_then(|f| f.iter().find(|x| x[0] == "status_list"))
+        .and_then(|x| x[1].as_str())
+        .with_context(|| format!("no status_list failure: {report} {stderr}"))?;
     ensure!(
-        report["failed"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|x| x[0] == "status_list")),
-        "{report} {stderr}"
+        why.contains("a delta from epoch 2 does not continue epoch 1"),
+        "the refusal does not name the epochs: {why}"
     );
     ensure!(
         gate.status()?["status_epoch"] == 1,

@@ -351,6 +351,10 @@ impl Sim {
 
     fn sync_status(&mut self, server: &mut dyn Distribution) -> Result<ObjectSync> {
         let from = self.state().status_epoch;
+        // Why a delta was not applied, when the full list has to settle it: if the full list
+        // fails too, the report names both (the delta's reason is what an operator must see when
+        // the server hands out a delta that does not continue this terminal's epoch).
+        let mut delta_refused: Option<String> = None;
         if let Some(e) = from {
             match server.status_delta(e)? {
                 Fetched::NotModified => {
@@ -372,12 +376,29 @@ impl Sim {
                     }
                     // The delta does not continue our list, or the codec cannot apply it: the
                     // full list settles it.
-                    Err(UpdateError::EpochMismatch { .. } | UpdateError::StatusList(_)) => {}
+                    Err(e @ (UpdateError::EpochMismatch { .. } | UpdateError::StatusList(_))) => {
+                        delta_refused = Some(update_error(&e));
+                    }
                     Err(other) => bail!("the status delta was refused: {}", update_error(&other)),
                 },
                 Fetched::Gone => {}
             }
         }
+        let full = self.sync_full_list(server, from);
+        match delta_refused {
+            Some(why) => full.with_context(|| {
+                format!("the status delta was refused ({why}) and the full list did not settle it")
+            }),
+            None => full,
+        }
+    }
+
+    /// The full status list (no delta, or a delta that did not apply).
+    fn sync_full_list(
+        &mut self,
+        server: &mut dyn Distribution,
+        from: Option<u64>,
+    ) -> Result<ObjectSync> {
         match server.status_list(from)? {
             Fetched::NotModified => Ok(ObjectSync {
                 object: "status_list",

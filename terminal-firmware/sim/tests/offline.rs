@@ -38,6 +38,10 @@ struct FakeServer {
     deltas: bool,
     /// Serve this epoch's full list instead of the current one (rollback tests).
     stale_list: Option<u64>,
+    /// Serve these bytes as every delta (a delta that does not continue the terminal's epoch).
+    delta_override: Option<Vec<u8>>,
+    /// The full list is unavailable (the server answers 503).
+    list_down: bool,
     rules_epoch: u64,
     terminal: Option<PublicKey>,
     uploads: Vec<(u32, u32, usize)>,
@@ -54,6 +58,8 @@ impl FakeServer {
             revoked: vec![],
             deltas: true,
             stale_list: None,
+            delta_override: None,
+            list_down: false,
             rules_epoch: 1,
             terminal: None,
             uploads: vec![],
@@ -117,6 +123,9 @@ impl Distribution for FakeServer {
 
     fn status_list(&mut self, current: Option<u64>) -> Result<Fetched> {
         self.calls.push(format!("status_list({current:?})"));
+        if self.list_down {
+            bail!("status list: the server answered 503 unavailable: try later");
+        }
         let epoch = self.stale_list.unwrap_or(self.status_epoch);
         if current == Some(epoch) {
             return Ok(Fetched::NotModified);
@@ -126,6 +135,9 @@ impl Distribution for FakeServer {
 
     fn status_delta(&mut self, from: u64) -> Result<Fetched> {
         self.calls.push(format!("status_delta({from})"));
+        if let Some(d) = &self.delta_override {
+            return Ok(Fetched::Body(d.clone()));
+        }
         if from == self.status_epoch {
             return Ok(Fetched::NotModified);
         }
@@ -419,6 +431,54 @@ fn sync_falls_back_to_the_full_list_when_no_delta_exists() {
             .collect::<Vec<_>>(),
         ["status_delta(1)", "status_list(Some(1))"]
     );
+}
+
+/// A genuine, correctly signed delta that starts from another epoch (2 -> 3 offered to a terminal
+/// at 1) is refused, and when the full list cannot be fetched either the report names the epoch
+/// mismatch, not only the unavailable list.
+#[test]
+fn a_delta_from_another_epoch_is_refused_and_the_report_names_the_epochs() {
+    let mut server = FakeServer::new();
+    let (_tmp, dir) = registered(&mut server, Service::Transit);
+    let mut sim = open(&dir, NOW);
+    sim.sync(&mut server).unwrap();
+    assert_eq!(sim.state().status_epoch, Some(1));
+    server.revoke(3);
+    server.revoke(4);
+    let wrong = match server.status_delta(2).unwrap() {
+        Fetched::Body(b) => b,
+        _ => panic!("the fake server made no delta"),
+    };
+    server.delta_override = Some(wrong);
+    server.list_down = true;
+    let report = sim.sync(&mut server).unwrap();
+    let (object, why) = report
+        .failed
+        .iter()
+        .find(|(o, _)| o == "status_list")
+        .unwrap();
+    assert_eq!(object, "status_list");
+    assert!(
+        why.contains("a delta from epoch 2 does not continue epoch 1"),
+        "{why}"
+    );
+    assert!(why.contains("503"), "{why}");
+    assert_eq!(
+        sim.state().status_epoch,
+        Some(1),
+        "nothing of the delta applied"
+    );
+
+    // With the full list back, the same wrong delta is refused and the list settles it.
+    server.list_down = false;
+    let report = sim.sync(&mut server).unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let status = report
+        .done
+        .iter()
+        .find(|o| o.object == "status_list")
+        .unwrap();
+    assert_eq!((status.action, status.epoch), ("installed", Some(3)));
 }
 
 #[test]

@@ -1046,8 +1046,14 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
         if v.amount == 0 || v.issued_at > v.valid_until {
             return Err(isw::WRONG_DATA);
         }
+        // The server numbers a card's grants from 1 (issuance-server `cards.rs`), and the purse
+        // starts at voucher_seq 0: a grant numbered 0 would pass "not below the last" on every
+        // attempt and be credited again and again.
+        if v.seq == 0 {
+            return Err(isw::WRONG_DATA);
+        }
         let mut purse = self.purse(gen)?.ok_or(isw::UNKNOWN)?;
-        if v.seq == purse.voucher_seq && v.seq != 0 {
+        if v.seq == purse.voucher_seq {
             // The grant already credited (a retry after tearing): answer the balance again.
             out.get_mut(..4)
                 .ok_or(isw::UNKNOWN)?

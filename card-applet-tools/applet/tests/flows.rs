@@ -624,6 +624,12 @@ fn credit_flow_and_refusals() {
             0x6982,
         ),
         ("malformed", vec![1, 0, 0], 0x6A80),
+        // The server numbers grants from 1; a 0 would be "not below the last" forever.
+        (
+            "sequence number 0",
+            w.voucher(0, 100, NOW, NOW + day),
+            0x6A80,
+        ),
     ];
     for (name, data, sw) in refusals {
         assert_eq!(status(call(&mut card, 0x32, &data)), sw, "{name}");
@@ -640,6 +646,30 @@ fn credit_flow_and_refusals() {
         601u32.to_be_bytes()
     );
     assert_eq!(card.applet().last_seen_time(), NOW + 5 * day);
+}
+
+/// A grant numbered 0 on a card that never accepted one (voucher_seq 0) used to pass both "same
+/// as the last: a retry" (skipped for 0) and "below the last" (0 < 0 is false): it was credited on
+/// every attempt.
+#[test]
+fn a_voucher_numbered_zero_is_never_credited() {
+    let w = World::new();
+    let mut card = w.personalized_card(15);
+    select(&mut card);
+    let day = 86_400;
+    let zero = w.voucher(0, 100, NOW, NOW + day);
+    for attempt in 0..3 {
+        assert_eq!(status(call(&mut card, 0x32, &zero)), 0x6A80, "{attempt}");
+        assert_eq!(card.applet().balance(), Some(INITIAL_POINTS), "{attempt}");
+        assert_eq!(card.applet().voucher_seq(), Some(0), "{attempt}");
+    }
+    // The first real grant still works, and 0 stays refused after it.
+    assert_eq!(
+        call(&mut card, 0x32, &w.voucher(1, 100, NOW, NOW + day)).unwrap(),
+        (INITIAL_POINTS + 100).to_be_bytes()
+    );
+    assert_eq!(status(call(&mut card, 0x32, &zero)), 0x6A80);
+    assert_eq!(card.applet().balance(), Some(INITIAL_POINTS + 100));
 }
 
 #[test]

@@ -829,8 +829,25 @@ impl Versioned<'_> for SelectResponse {
     const VERSION: u8 = 1;
 }
 
+/// The one welfare debit a terminal announces in its signed tap request.
+///
+/// The terminal knows the amount before the card is presented, so it signs it over the card
+/// challenge together with the rest of the request; the card then debits exactly this amount
+/// under exactly this reference, at most once in the session. A relay on the NFC link can no
+/// longer change what is debited (`docs/protocol-card.md` §3, DEBIT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebitIntent {
+    /// Points to debit (> 0).
+    pub amount: u32,
+    /// Terminal's transaction reference; a retry after tearing announces the same one.
+    pub reference: [u8; NONCE_LEN],
+}
+
 /// What the terminal asks for (domain [`Domain::TapRequest`], signed by the Terminal key with the
 /// card challenge as context).
+///
+/// Format version 2 added `debit`. Version 1 bodies are refused as an unknown version: no card or
+/// terminal speaking version 1 was ever deployed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TapRequestBody {
     /// Fresh terminal nonce.
@@ -839,13 +856,15 @@ pub struct TapRequestBody {
     pub service: Service,
     /// Attributes asked for; the card releases the intersection with the service's policy.
     pub requested: AttributeSet,
-    /// Terminal's time.
+    /// Terminal's time. The card also writes it into a receipt of this session.
     pub time: u64,
+    /// Welfare only: the debit this session may perform (`None`: no debit).
+    pub debit: Option<DebitIntent>,
 }
 
 impl Versioned<'_> for TapRequestBody {
     const KIND: Domain = Domain::TapRequest;
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 }
 
 /// Data of TERMINAL AUTHENTICATE (CLA 80 INS 82): `version || postcard(this)`.
@@ -870,8 +889,19 @@ pub fn transcript_hash(challenge: &[u8; NONCE_LEN], terminal_auth_data: &[u8]) -
     sha256_parts(&[challenge, terminal_auth_data])
 }
 
+/// The purse as the card reports it inside its signed tap answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurseState {
+    /// Points on the card.
+    pub balance: u32,
+    /// Debits so far (the counter of the last receipt).
+    pub counter: u32,
+}
+
 /// The card's answer to TERMINAL AUTHENTICATE (domain [`Domain::TapResponse`], signed by the card
 /// key with [`transcript_hash`] as context).
+///
+/// Format version 2 added `purse`; version 1 answers are refused as an unknown version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TapResponseBody<'a> {
     /// The issuer-signed credential.
@@ -880,21 +910,29 @@ pub struct TapResponseBody<'a> {
     /// The released attributes.
     #[serde(borrow)]
     pub disclosures: Items<'a, Disclosure<'a>>,
+    /// Welfare sessions: the purse before any debit of this session, covered by the card's
+    /// transcript signature (so a relay cannot alter it as it could GET BALANCE's answer).
+    /// `None` for the other services.
+    pub purse: Option<PurseState>,
 }
 
 impl<'a> Versioned<'a> for TapResponseBody<'a> {
     const KIND: Domain = Domain::TapResponse;
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 }
 
 /// Data of DEBIT (CLA 80 INS 30): `version || postcard(this)`, inside an authenticated session.
+///
+/// Not signed: the card debits only when all three fields equal the session's signed
+/// [`DebitIntent`] and request time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DebitRequest {
-    /// Points to debit (> 0).
+    /// Points to debit (> 0); must equal the intent's amount.
     pub amount: u32,
-    /// Terminal's transaction reference; a retry with the same reference returns the same receipt.
+    /// Terminal's transaction reference; must equal the intent's. A retry with the same reference
+    /// returns the same receipt.
     pub reference: [u8; NONCE_LEN],
-    /// Terminal's time.
+    /// Terminal's time; must equal the signed tap request's `time`.
     pub time: u64,
 }
 
@@ -916,7 +954,7 @@ pub struct ReceiptBody {
     pub balance_after: u32,
     /// Key id of the terminal the card authenticated.
     pub terminal: KeyId,
-    /// Terminal's time.
+    /// The `time` of the signed tap request of the session in which the card debited.
     pub time: u64,
     /// Terminal's transaction reference.
     pub reference: [u8; NONCE_LEN],

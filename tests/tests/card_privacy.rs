@@ -175,6 +175,7 @@ fn nothing_about_the_holder_without_a_valid_terminal() -> Result<()> {
         service: Service::Transit,
         requested: AttributeSet::ALL,
         time: now,
+        debit: None,
     };
     let signed = shared_crypto::sig::sign(&body, &old_challenge, &key)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

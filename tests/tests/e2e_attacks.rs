@@ -87,6 +87,7 @@ fn record_tap(
         service,
         requested,
         time: now(),
+        debit: None,
     };
     let request =
         shared_crypto::sig::sign(&body, &sel.challenge, key).map_err(|e| anyhow!("{e}"))?;

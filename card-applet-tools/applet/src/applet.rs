@@ -12,9 +12,9 @@ use rand_core::CryptoRng;
 use shared_crypto::apdu::{self, sw as isw, AID};
 use shared_crypto::model::{
     decode_command, decode_plain, transcript_hash, AttributeSet, BlockCommand, CardBlockBody,
-    CardSerial, CredentialBody, CreditCommand, DebitRequest, Disclosure, KeyCertificate, LifeCycle,
-    ReceiptBody, Role, SelectResponse, Service, ServiceSet, TapRequestBody, TapResponseBody,
-    TerminalAuth, VoucherBody, NONCE_LEN,
+    CardSerial, CredentialBody, CreditCommand, DebitIntent, DebitRequest, Disclosure,
+    KeyCertificate, LifeCycle, PurseState, ReceiptBody, Role, SelectResponse, Service, ServiceSet,
+    TapRequestBody, TapResponseBody, TerminalAuth, VoucherBody, NONCE_LEN,
 };
 use shared_crypto::scp03::{
     self, i_param, level, CardInit, CardSession, KeySet, ShortApdu, StaticKeys, DIV_DATA_LEN,
@@ -92,11 +92,16 @@ impl Cmd<'_> {
     }
 }
 
-/// The tap session opened by a successful TERMINAL AUTHENTICATE.
+/// The tap session opened by a successful TERMINAL AUTHENTICATE: everything in it was signed by
+/// the terminal over this session's challenge.
 #[derive(Clone, Copy, Debug)]
 struct TapSession {
     service: Service,
     terminal: KeyId,
+    /// The request's time: the time of a receipt signed in this session.
+    time: u64,
+    /// The one debit this session may perform; taken by the DEBIT that uses it.
+    intent: Option<DebitIntent>,
 }
 
 /// A verified key certificate kept in RAM.
@@ -914,6 +919,24 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
         if !cert.valid_at(req.time) || !cert.services.contains(req.service) {
             return Err(isw::SECURITY_STATUS);
         }
+        // A debit intent belongs to a welfare session and names a positive amount.
+        if let Some(intent) = req.debit {
+            if req.service != Service::Welfare || intent.amount == 0 {
+                return Err(isw::WRONG_DATA);
+            }
+        }
+        // Welfare: the purse goes into the signed answer, so the terminal reads an authenticated
+        // balance without GET BALANCE (whose answer a relay could alter).
+        let purse = match req.service {
+            Service::Welfare => {
+                let p = self.purse(gen)?.ok_or(isw::UNKNOWN)?;
+                Some(PurseState {
+                    balance: p.balance,
+                    counter: p.counter,
+                })
+            }
+            _ => None,
+        };
         let release: AttributeSet = req.requested.intersect(req.service.release_policy());
 
         let mut cred_buf = [0u8; MAX_PAYLOAD];
@@ -937,6 +960,7 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
         let body = TapResponseBody {
             credential,
             disclosures,
+            purse,
         };
         // Operation 3: the card's signature over the whole transcript.
         let context = transcript_hash(&challenge, c.data);
@@ -950,6 +974,8 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
         self.tap = Some(TapSession {
             service: req.service,
             terminal: cert.key_id,
+            time: req.time,
+            intent: req.debit,
         });
         Ok(n)
     }
@@ -968,6 +994,19 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
         let req: DebitRequest = decode_command(c.data).map_err(|_| isw::WRONG_DATA)?;
         if req.amount == 0 {
             return Err(isw::WRONG_DATA);
+        }
+        // Only the debit the terminal signed into this session (DESIGN "the tap" step 3: inside
+        // the authenticated session), and only once: a relay that swaps amount or reference, or
+        // adds a DEBIT to a session that announced none, gets 6982 and nothing changes.
+        let signed = DebitIntent {
+            amount: req.amount,
+            reference: req.reference,
+        };
+        if tap.intent != Some(signed) || req.time != tap.time {
+            return Err(isw::SECURITY_STATUS);
+        }
+        if let Some(t) = self.tap.as_mut() {
+            t.intent = None;
         }
         let gen = self.generation()?;
         let mut purse = self.purse(gen)?.ok_or(isw::UNKNOWN)?;
@@ -993,7 +1032,8 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
             amount: req.amount,
             balance_after: purse.balance - req.amount,
             terminal: tap.terminal,
-            time: req.time,
+            // The verified request time, not the unsigned DEBIT data.
+            time: tap.time,
             reference: req.reference,
         };
         let signer = self.signer()?;

@@ -9,8 +9,8 @@ use card_applet::sim::TestRng;
 use common::*;
 use shared_crypto::apdu::{ExchangeError, Transport};
 use shared_crypto::model::{
-    AttributeSet, LifeCycle, ReceiptBody, Role, Service, ServiceSet, TapRequestBody, TerminalAuth,
-    VoucherBody,
+    AttributeSet, DebitIntent, LifeCycle, ReceiptBody, Role, Service, ServiceSet, TapRequestBody,
+    TerminalAuth, VoucherBody,
 };
 use shared_crypto::sig::{sign, Signed};
 use shared_crypto::wire::encode_versioned;
@@ -206,6 +206,7 @@ fn terminal_authenticate_refusals_reveal_nothing() {
                     service: Service::Transit,
                     requested: AttributeSet::ALL,
                     time: NOW,
+                    debit: None,
                 };
                 let mut body = encode_versioned(&req);
                 body[17] = 9; // the service byte
@@ -220,6 +221,68 @@ fn terminal_authenticate_refusals_reveal_nothing() {
                     terminal_cert: Signed::decode(&transit.cert).unwrap(),
                     request: s,
                 })
+            }),
+            [0x6A, 0x80],
+        ),
+        (
+            "request body of format version 1 (before the debit intent)",
+            Box::new(|c| {
+                let req = TapRequestBody {
+                    terminal_nonce: [1; 16],
+                    service: Service::Transit,
+                    requested: AttributeSet::ALL,
+                    time: NOW,
+                    debit: None,
+                };
+                // Version 1 was the same fields without `debit`: drop its `00` and relabel.
+                let mut body = encode_versioned(&req);
+                assert_eq!(body.pop(), Some(0));
+                body[0] = 1;
+                let s = shared_crypto::sig::sign_body(
+                    &transit.key,
+                    shared_crypto::sig::Domain::TapRequest,
+                    c,
+                    &body,
+                )
+                .unwrap();
+                encode_versioned(&TerminalAuth {
+                    terminal_cert: Signed::decode(&transit.cert).unwrap(),
+                    request: s,
+                })
+            }),
+            [0x6A, 0x80],
+        ),
+        (
+            "debit intent outside a welfare session",
+            Box::new(|c| {
+                terminal_auth_with(
+                    c,
+                    transit,
+                    Service::Transit,
+                    AttributeSet::ALL,
+                    NOW,
+                    Some(DebitIntent {
+                        amount: 5,
+                        reference: [1; 16],
+                    }),
+                )
+            }),
+            [0x6A, 0x80],
+        ),
+        (
+            "debit intent of zero points",
+            Box::new(|c| {
+                terminal_auth_with(
+                    c,
+                    w.terminal(Service::Welfare),
+                    Service::Welfare,
+                    AttributeSet::ALL,
+                    NOW,
+                    Some(DebitIntent {
+                        amount: 0,
+                        reference: [1; 16],
+                    }),
+                )
             }),
             [0x6A, 0x80],
         ),
@@ -314,11 +377,11 @@ fn at_most_three_public_key_operations_per_tap() {
         5,
         "cached certificate: request + transcript"
     );
-    tap(&w, &mut card, Service::Welfare, AttributeSet::ALL).unwrap();
+    welfare_tap(&w, &mut card, 1, [9; 16], NOW).unwrap();
     assert_eq!(
         card.applet().public_key_ops(),
         8,
-        "another terminal: 3 again"
+        "another terminal: 3 again (the intent costs no operation)"
     );
     call(&mut card, 0x30, &debit_data(1, [9; 16])).unwrap();
     assert_eq!(
@@ -385,6 +448,10 @@ fn at_most_three_public_key_operations_per_tap() {
     assert_eq!(card.applet().public_key_ops() - before, 1);
 }
 
+fn receipt(pk: &shared_crypto::sig::PublicKey, wire: &[u8]) -> ReceiptBody {
+    Signed::decode(wire).unwrap().open(&[], pk).unwrap()
+}
+
 #[test]
 fn debit_flow_and_refusals() {
     let w = World::new();
@@ -397,23 +464,18 @@ fn debit_flow_and_refusals() {
         0x6982
     );
     assert_eq!(status(call(&mut card, 0x5C, &[])), 0x6982);
-    tap(&w, &mut card, Service::Welfare, AttributeSet::NONE).unwrap();
+    welfare_tap(&w, &mut card, 120, [1; 16], NOW).unwrap();
     assert_eq!(
         status(call(&mut card, 0x30, &debit_data(0, [1; 16]))),
         0x6A80,
         "zero amount"
     );
     assert_eq!(
-        status(call(&mut card, 0x30, &debit_data(501, [1; 16]))),
-        0x6985,
-        "more than the balance"
-    );
-    assert_eq!(
         status(call(&mut card, 0x30, &[1, 2, 3])),
         0x6A80,
         "malformed"
     );
-    let mut trailing = debit_data(10, [1; 16]);
+    let mut trailing = debit_data(120, [1; 16]);
     trailing.push(0);
     assert_eq!(
         status(call(&mut card, 0x30, &trailing)),
@@ -421,12 +483,12 @@ fn debit_flow_and_refusals() {
         "trailing byte"
     );
     assert_eq!(
-        call_raw(&mut card, 0x30, 1, &debit_data(10, [1; 16])),
+        call_raw(&mut card, 0x30, 1, &debit_data(120, [1; 16])),
         [0x6A, 0x86]
     );
-
+    // None of these used the intent up.
     let r1 = call(&mut card, 0x30, &debit_data(120, [1; 16])).unwrap();
-    let body: ReceiptBody = Signed::decode(&r1).unwrap().open(&[], &pk).unwrap();
+    let body = receipt(&pk, &r1);
     assert_eq!(
         (
             body.counter,
@@ -437,34 +499,56 @@ fn debit_flow_and_refusals() {
         (1, 120, 380, SERIAL)
     );
     assert_eq!(body.reference, [1; 16]);
-    // A retry with the same reference: the same receipt, no second debit (even in a new session).
-    tap(&w, &mut card, Service::Welfare, AttributeSet::NONE).unwrap();
+    assert_eq!(
+        body.terminal,
+        w.terminal(Service::Welfare).key.public_key().key_id()
+    );
+    // The intent is spent: nothing more in this session, not even the same debit.
+    assert_eq!(
+        status(call(&mut card, 0x30, &debit_data(120, [1; 16]))),
+        0x6982,
+        "second DEBIT of the session"
+    );
+    assert_eq!(card.applet().balance(), Some(380));
+    // A retry in a new session announcing the same debit: the same receipt, no second debit.
+    welfare_tap(&w, &mut card, 120, [1; 16], NOW).unwrap();
     assert_eq!(
         call(&mut card, 0x30, &debit_data(120, [1; 16])).unwrap(),
         r1
     );
     assert_eq!(card.applet().balance(), Some(380));
+    // A terminal that announces the same reference with another amount: refused as before.
+    welfare_tap(&w, &mut card, 121, [1; 16], NOW).unwrap();
     assert_eq!(
         status(call(&mut card, 0x30, &debit_data(121, [1; 16]))),
         0x6A80,
         "same reference, other amount"
     );
+    welfare_tap(&w, &mut card, 381, [2; 16], NOW).unwrap();
+    assert_eq!(
+        status(call(&mut card, 0x30, &debit_data(381, [2; 16]))),
+        0x6985,
+        "more than the balance"
+    );
+    welfare_tap(&w, &mut card, 380, [2; 16], NOW).unwrap();
     let r2 = call(&mut card, 0x30, &debit_data(380, [2; 16])).unwrap();
-    let body: ReceiptBody = Signed::decode(&r2).unwrap().open(&[], &pk).unwrap();
+    let body = receipt(&pk, &r2);
     assert_eq!((body.counter, body.balance_after), (2, 0));
     assert_eq!(
         call(&mut card, 0x5C, &[]).unwrap(),
         [0, 0, 0, 0, 0, 0, 0, 2]
     );
+    welfare_tap(&w, &mut card, 1, [3; 16], NOW).unwrap();
     assert_eq!(
         status(call(&mut card, 0x30, &debit_data(1, [3; 16]))),
         0x6985,
         "empty purse"
     );
     // A new SELECT ends the session.
+    welfare_tap(&w, &mut card, 1, [4; 16], NOW).unwrap();
     select(&mut card);
     assert_eq!(
-        status(call(&mut card, 0x30, &debit_data(1, [3; 16]))),
+        status(call(&mut card, 0x30, &debit_data(1, [4; 16]))),
         0x6982
     );
     assert_eq!(
@@ -472,6 +556,63 @@ fn debit_flow_and_refusals() {
         [0x67, 0x00],
         "GET BALANCE takes no data"
     );
+}
+
+/// A relay between an honest terminal and the card (docs/protocol-card.md §9, formerly a known
+/// limit): it cannot change what the genuine welfare session debits.
+#[test]
+fn a_relay_cannot_change_the_debit_of_a_welfare_session() {
+    let w = World::new();
+    let mut card = w.personalized_card(14);
+    let pk = card.applet().card_public_key().unwrap();
+    let reference = [0x42; 16];
+    let other = [0x43; 16];
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("amount swapped", debit_data(300, reference)),
+        ("smaller amount", debit_data(10, reference)),
+        ("reference swapped", debit_data(30, other)),
+        ("time swapped", debit_data_at(30, reference, NOW + 3600)),
+        ("both swapped", debit_data(300, other)),
+    ];
+    for (name, swapped) in &cases {
+        // The terminal signed "30 points under `reference`" into its request.
+        welfare_tap(&w, &mut card, 30, reference, NOW).unwrap();
+        assert_eq!(status(call(&mut card, 0x30, swapped)), 0x6982, "{name}");
+        assert_eq!(card.applet().balance(), Some(INITIAL_POINTS), "{name}");
+        assert_eq!(card.applet().counter(), Some(0), "{name}");
+    }
+    // A session that announced no debit takes none.
+    let t = tap(&w, &mut card, Service::Welfare, AttributeSet::NONE).unwrap();
+    assert_eq!(tap_purse(&pk, &t), Some((INITIAL_POINTS, 0)));
+    assert_eq!(
+        status(call(&mut card, 0x30, &debit_data(30, reference))),
+        0x6982,
+        "DEBIT without an intent"
+    );
+    assert_eq!(card.applet().balance(), Some(INITIAL_POINTS));
+    // The honest DEBIT goes through; the receipt carries the signed request's time, not the
+    // DEBIT's.
+    let at = NOW + 7;
+    let t = welfare_tap(&w, &mut card, 30, reference, at).unwrap();
+    assert_eq!(
+        tap_purse(&pk, &t),
+        Some((INITIAL_POINTS, 0)),
+        "purse before"
+    );
+    let r = receipt(
+        &pk,
+        &call(&mut card, 0x30, &debit_data_at(30, reference, at)).unwrap(),
+    );
+    assert_eq!((r.amount, r.reference, r.time), (30, reference, at));
+    assert_eq!(r.balance_after, INITIAL_POINTS - 30);
+    // The next welfare answer reports the purse after it, under the card's signature.
+    let t = tap(&w, &mut card, Service::Welfare, AttributeSet::NONE).unwrap();
+    assert_eq!(tap_purse(&pk, &t), Some((INITIAL_POINTS - 30, 1)));
+    // Other services learn nothing about the purse.
+    for s in [Service::Transit, Service::Employment, Service::Rehab] {
+        let t = tap(&w, &mut card, s, AttributeSet::ALL).unwrap();
+        assert_eq!(tap_purse(&pk, &t), None, "{s:?}");
+    }
 }
 
 #[test]

@@ -30,14 +30,15 @@ fn v1_personalized_image_still_loads() {
     let pk = card.applet().card_public_key().unwrap();
     let t = tap(&w, &mut card, Service::Employment, AttributeSet::ALL).unwrap();
     assert_eq!(check_tap(&w, &pk, &t), Service::Employment.release_policy());
-    tap(&w, &mut card, Service::Welfare, AttributeSet::NONE).unwrap();
-    // The stored receipt of the v1 debit answers its retry.
+    // The stored receipt of the v1 debit answers its retry (announced again, as terminals do).
+    welfare_tap(&w, &mut card, 25, [0x77; 16], NOW).unwrap();
     let r = call(&mut card, 0x30, &debit_data(25, [0x77; 16])).unwrap();
     let body: ReceiptBody = Signed::decode(&r).unwrap().open(&[], &pk).unwrap();
     assert_eq!(
         (body.counter, body.amount, body.balance_after),
         (1, 25, INITIAL_POINTS - 25)
     );
+    welfare_tap(&w, &mut card, 5, [0x78; 16], NOW).unwrap();
     let r = call(&mut card, 0x30, &debit_data(5, [0x78; 16])).unwrap();
     let body: ReceiptBody = Signed::decode(&r).unwrap().open(&[], &pk).unwrap();
     assert_eq!(body.counter, 2);
@@ -49,7 +50,7 @@ fn v1_personalized_image_still_loads() {
 fn regenerate_golden_image() {
     let w = World::new();
     let mut card = w.personalized_card(90);
-    tap(&w, &mut card, Service::Welfare, AttributeSet::NONE).unwrap();
+    welfare_tap(&w, &mut card, 25, [0x77; 16], NOW).unwrap();
     call(&mut card, 0x30, &debit_data(25, [0x77; 16])).unwrap();
     std::fs::write(GOLDEN, card.applet().store().as_bytes()).unwrap();
 }

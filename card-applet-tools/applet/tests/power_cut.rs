@@ -11,7 +11,7 @@ use card_applet::sim::{personalize_in_memory, CardGone, InMemoryCard, TestRng};
 use card_applet::{Applet, RamStore};
 use common::*;
 use shared_crypto::apdu::ExchangeError;
-use shared_crypto::model::{AttributeSet, LifeCycle, ReceiptBody, Service};
+use shared_crypto::model::{AttributeSet, DebitIntent, LifeCycle, ReceiptBody, Service};
 use shared_crypto::sig::{PublicKey, Signed};
 
 /// Bytes of a torn write that land: nothing, part of the header, the header, part of the
@@ -64,15 +64,17 @@ fn attempt(
     let sel = gone(card_select(card))?;
     match step {
         Step::Debit { amount, reference } => {
-            let data = terminal_auth(
+            // A retry announces the same intent again (a new session, a new request time).
+            let data = terminal_auth_with(
                 &sel,
                 w.terminal(Service::Welfare),
                 Service::Welfare,
                 AttributeSet::NONE,
                 time,
+                Some(DebitIntent { amount, reference }),
             );
             gone(call(card, 0x82, &data))?;
-            let r = gone(call(card, 0x30, &debit_data(amount, reference)))?;
+            let r = gone(call(card, 0x30, &debit_data_at(amount, reference, time)))?;
             Ok(Some(r))
         }
         Step::Credit { seq, amount } => {
@@ -141,7 +143,7 @@ fn run_script(w: &World, card: &mut InMemoryCard<TestRng>, pk: &PublicKey, ctx: 
             match attempt(w, card, i, *step) {
                 Ok(r) => {
                     if let Some(r) = r {
-                        receipts.push(r);
+                        receipts.push((i, r));
                     }
                     break;
                 }
@@ -161,13 +163,15 @@ fn run_script(w: &World, card: &mut InMemoryCard<TestRng>, pk: &PublicKey, ctx: 
         Some(INITIAL_POINTS - 100 + 50 - 30 + 200 - 600),
         "{ctx}"
     );
-    for (k, r) in receipts.iter().enumerate() {
+    for (k, (i, r)) in receipts.iter().enumerate() {
         let body: ReceiptBody = Signed::decode(r).unwrap().open(&[], pk).unwrap();
         assert_eq!(
             body.counter,
             k as u32 + 1,
             "{ctx}: receipts in sequence, each once"
         );
+        // The signed request's time of the step, whichever attempt's session signed it.
+        assert_eq!(body.time, NOW + 100 * *i as u64, "{ctx}: receipt time");
     }
     cuts
 }

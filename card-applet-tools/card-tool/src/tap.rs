@@ -10,8 +10,8 @@ use shared_crypto::apdu::{
 };
 use shared_crypto::model::{
     transcript_hash, AttributeId, AttributeSet, AttributeValue, CredentialBody, CreditCommand,
-    DebitRequest, LifeCycle, ReceiptBody, Role, SelectResponse, Service, TapRequestBody,
-    TapResponseBody, TerminalAuth, TrustBundle, NONCE_LEN,
+    DebitIntent, DebitRequest, LifeCycle, ReceiptBody, Role, SelectResponse, Service,
+    TapRequestBody, TapResponseBody, TerminalAuth, TrustBundle, NONCE_LEN,
 };
 use shared_crypto::wire::{decode_versioned, encode_versioned};
 use shared_crypto::{PublicKey, Signed, Signer};
@@ -212,9 +212,10 @@ pub struct TapRequest {
     pub requested: AttributeSet,
     /// The terminal's time (Unix seconds).
     pub now: u64,
-    /// Welfare: points to debit after the authentication.
+    /// Welfare: points to debit after the authentication (announced in the signed request).
     pub debit: Option<u32>,
-    /// Welfare: read the purse after the authentication (and after a debit).
+    /// Welfare: report the purse (from the card-signed tap answer, or the receipt after a
+    /// debit).
     pub read_balance: bool,
 }
 
@@ -305,11 +306,11 @@ pub struct TapReport {
     pub attributes: Vec<ShownAttribute>,
     /// The debit receipt, when one was asked for.
     pub receipt: Option<ReceiptInfo>,
-    /// Purse balance and counter, when read.
+    /// Purse balance and counter, when asked for (after the debit, if one was made).
     pub balance: Option<(u32, u32)>,
     /// SELECT + TERMINAL AUTHENTICATE (the tap proper).
     pub tap_wire: Wire,
-    /// The same plus DEBIT and GET BALANCE when done.
+    /// The same plus DEBIT (and GET BALANCE, only outside a welfare session) when done.
     pub total_wire: Wire,
 }
 
@@ -385,6 +386,12 @@ where
     T::Error: fmt::Display,
 {
     let mut stats = WireStats::default();
+    if request.debit.is_some() && request.service != Service::Welfare {
+        return Err(CardError::WrongState(format!(
+            "only a welfare terminal debits points, not {}",
+            request.service.name()
+        )));
+    }
     let info = select_applet(t, &mut stats)?;
     if info.life_cycle != LifeCycle::Personalized {
         return Err(CardError::WrongState(format!(
@@ -393,12 +400,18 @@ where
         )));
     }
 
-    // The request, signed with the card's challenge as context (single use).
+    // The request, signed with the card's challenge as context (single use). A debit is
+    // announced in it: the card debits exactly that and nothing else in this session.
+    let intent = request.debit.map(|amount| DebitIntent {
+        amount,
+        reference: fresh_nonce(),
+    });
     let body = TapRequestBody {
         terminal_nonce: fresh_nonce(),
         service: request.service,
         requested: request.requested,
         time: request.now,
+        debit: intent,
     };
     let request_wire = shared_crypto::sig::sign(&body, &info.challenge, key)
         .map_err(|e| CardError::Verification(format!("signing the tap request: {e}")))?;
@@ -493,21 +506,24 @@ where
     }
 
     let mut receipt = None;
-    if let Some(amount) = request.debit {
+    if let Some(intent) = intent {
         receipt = Some(debit(
             t,
             &card_key,
             &credential,
             key,
-            amount,
+            intent,
             request.now,
             &mut stats,
         )?);
     }
-    let balance = if request.read_balance {
-        Some(get_balance(t, &mut stats)?)
-    } else {
-        None
+    // The purse: after a debit from its receipt; otherwise from the signed answer (welfare);
+    // GET BALANCE only to show the card's refusal outside a welfare session.
+    let balance = match (request.read_balance, &receipt, verified.purse) {
+        (false, _, _) => None,
+        (true, Some(r), _) => Some((r.balance_after, r.counter)),
+        (true, None, Some(p)) => Some((p.balance, p.counter)),
+        (true, None, None) => Some(get_balance(t, &mut stats)?),
     };
 
     Ok(TapReport {
@@ -532,14 +548,14 @@ fn debit<T: Transport, K: Signer>(
     card_key: &PublicKey,
     credential: &CredentialBody<'_>,
     terminal: &K,
-    amount: u32,
+    intent: DebitIntent,
     now: u64,
     stats: &mut WireStats,
 ) -> Result<ReceiptInfo, CardError<T::Error>>
 where
     T::Error: fmt::Display,
 {
-    let reference = fresh_nonce();
+    let DebitIntent { amount, reference } = intent;
     let data = encode_versioned(&DebitRequest {
         amount,
         reference,
@@ -551,6 +567,12 @@ where
                 step: "DEBIT",
                 sw: sw::CONDITIONS,
                 meaning: "not enough points on the card",
+            },
+            ExchangeError::Status(sw::SECURITY_STATUS) => CardError::Status {
+                step: "DEBIT",
+                sw: sw::SECURITY_STATUS,
+                meaning: "the card refused a debit other than the one this session's signed \
+                          request announced (altered on the way?)",
             },
             other => card_err("DEBIT", other),
         })?;
@@ -804,7 +826,14 @@ mod tests {
         let receipt = r.receipt.unwrap();
         assert_eq!((receipt.amount, receipt.balance_after), (15, 25));
         assert_eq!(r.balance, Some((25, receipt.counter)));
-        assert_eq!(r.total_wire.exchanges, 4);
+        // SELECT, TERMINAL AUTHENTICATE, DEBIT: the purse needs no GET BALANCE.
+        assert_eq!(r.total_wire.exchanges, 3);
+        // Without a debit the signed answer reports the purse.
+        req.debit = None;
+        let r = tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &req).unwrap();
+        assert_eq!(r.balance, Some((25, 1)));
+        assert_eq!(r.total_wire.exchanges, 2);
+        req.debit = Some(15);
         req.debit = Some(26);
         match tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &req) {
             Err(CardError::Status {
@@ -814,6 +843,14 @@ mod tests {
             }) => {}
             other => panic!("{other:?}"),
         }
+        // A debit outside welfare is refused before the card is asked.
+        let mut transit = request(Service::Transit);
+        transit.debit = Some(1);
+        match tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &transit) {
+            Err(CardError::WrongState(m)) => assert!(m.contains("welfare"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.card.applet().balance(), Some(25));
     }
 
     #[test]

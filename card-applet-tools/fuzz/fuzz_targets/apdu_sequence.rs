@@ -1,7 +1,13 @@
 //! Arbitrary APDU sequences against an in-memory card (personalized or blank), mixed with valid
 //! moves the fuzzer could not forge (a terminal's signed request for the current challenge, a
-//! voucher, an SCP03 session with the right keys), power cuts at any write and resets.
-//! Nothing may panic; every answer carries a status word; points are never created.
+//! voucher (sequence numbers 0 to 4: 0 must never be credited), an SCP03 session with the right
+//! keys), power cuts at any write and resets.
+//!
+//! Nothing may panic; every answer carries a status word; and the purse adds up: balance = points
+//! minted (initial and credited grants) minus the amounts of the debits, each debit being a
+//! returned receipt (checked against the debit asked for) or, when the answer was lost to a power
+//! cut, the debit whose commit raised the counter; the counter and the accepted voucher number
+//! never go down.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -10,8 +16,9 @@ use card_applet::sim::TestRng;
 use card_applet::{Applet, RamStore, KVN};
 use libfuzzer_sys::fuzz_target;
 use shared_crypto::model::{
-    AttributeId, AttributeSet, CreditCommand, DebitRequest, Disclosure, KeyCertificateBody, Role,
-    SelectResponse, Service, ServiceSet, TapRequestBody, TerminalAuth, VoucherBody,
+    AttributeId, AttributeSet, CreditCommand, DebitIntent, DebitRequest, Disclosure,
+    KeyCertificateBody, ReceiptBody, Role, SelectResponse, Service, ServiceSet, TapRequestBody,
+    TerminalAuth, VoucherBody,
 };
 use shared_crypto::scp03::{diversify, HostInit, HostSession, KeySet, StaticKeys};
 use shared_crypto::sig::{sign, P256Signer, Signed};
@@ -57,7 +64,7 @@ fn fixture() -> &'static Fixture {
             })
             .collect();
         let vcert = cert(&voucher, Role::Voucher, ServiceSet::NONE);
-        let vouchers = (1..=4u32)
+        let vouchers = (0..=4u32)
             .map(|seq| {
                 let amount = 100 * seq;
                 let v = VoucherBody {
@@ -179,6 +186,12 @@ fuzz_target!(|data: &[u8]| {
     let mut challenge: Option<[u8; 16]> = None;
     let mut scp: Option<HostSession> = None;
     let mut minted = if mode & 1 == 0 { INITIAL } else { 0 };
+    // Debited points and the counter they account for; a debit whose answer was lost.
+    let mut debited: u64 = 0;
+    let mut counted: u32 = 0;
+    let mut lost: Option<u32> = None;
+    let mut intent: Option<DebitIntent> = None;
+    let mut last_seen: Option<(u32, u32)> = None;
     let mut steps = 0;
     while let Some(op) = input.byte() {
         steps += 1;
@@ -202,6 +215,7 @@ fuzz_target!(|data: &[u8]| {
                     .ok()
                     .map(|s| s.challenge);
                 scp = None;
+                intent = None;
             }
             3 => {
                 let s = Service::ALL[(input.byte().unwrap_or(0) % 4) as usize];
@@ -210,11 +224,19 @@ fuzz_target!(|data: &[u8]| {
                     input.byte().unwrap_or(0xFF),
                 ]));
                 let (key, cert) = &f.terminals[s as usize];
+                // Sometimes a debit intent, also where the card must refuse one (not welfare,
+                // zero points).
+                let flags = input.byte().unwrap_or(0);
+                let debit = (flags & 1 == 1).then(|| DebitIntent {
+                    amount: u32::from(flags >> 1) * 7,
+                    reference: [input.byte().unwrap_or(0); 16],
+                });
                 let req = TapRequestBody {
                     terminal_nonce: [3; 16],
                     service: s,
                     requested,
                     time: NOW,
+                    debit,
                 };
                 let req = sign(&req, &challenge.unwrap_or([0; 16]), key).unwrap();
                 let data = encode_versioned(&TerminalAuth {
@@ -222,22 +244,56 @@ fuzz_target!(|data: &[u8]| {
                     request: Signed::decode(&req).unwrap(),
                 });
                 exchange(&mut card, 0x82, &data);
+                intent = debit;
             }
             4 => {
-                let amount = u32::from(input.byte().unwrap_or(1)) * 7;
-                let reference = [input.byte().unwrap_or(0); 16];
-                exchange(
+                // The announced debit (an honest terminal) or a fuzzed one (a relay).
+                let choice = input.byte().unwrap_or(0);
+                let asked = match intent {
+                    Some(i) if choice & 1 == 0 => i,
+                    _ => DebitIntent {
+                        amount: u32::from(input.byte().unwrap_or(1)) * 7,
+                        reference: [input.byte().unwrap_or(0); 16],
+                    },
+                };
+                let time = if choice & 2 == 0 { NOW } else { NOW + 1 };
+                let counter_before = card.counter();
+                let powered = !card.store().power_lost();
+                let answer = exchange(
                     &mut card,
                     0x30,
                     &encode_versioned(&DebitRequest {
-                        amount,
-                        reference,
-                        time: NOW,
+                        amount: asked.amount,
+                        reference: asked.reference,
+                        time,
                     }),
                 );
+                if let Ok(r) =
+                    Signed::decode(&answer).and_then(|s| s.decode_trusted::<ReceiptBody>())
+                {
+                    // A receipt is for exactly what was asked and signed into the session, at
+                    // the session's time; a new counter is a new debit, an old one a retry.
+                    assert_eq!(Some(asked), intent, "a receipt for an unannounced debit");
+                    assert_eq!(
+                        (r.amount, r.reference, r.time),
+                        (asked.amount, asked.reference, NOW)
+                    );
+                    if counter_before.is_some_and(|c| r.counter > c) {
+                        assert_eq!(r.counter, counter_before.unwrap_or(0) + 1);
+                        debited += u64::from(r.amount);
+                        counted = r.counter;
+                    } else {
+                        assert!(r.counter <= counted, "a retry returns an older receipt");
+                    }
+                } else if powered {
+                    // No receipt: if the commit landed before the power went, the counter
+                    // moves and this debit is counted at the next check. (Without power no
+                    // debit can commit.)
+                    lost = Some(asked.amount);
+                }
             }
             5 => {
-                let (v, amount) = &f.vouchers[(input.byte().unwrap_or(0) % 4) as usize];
+                let (v, amount) = &f.vouchers[(input.byte().unwrap_or(0) % 5) as usize];
                 let before = card.voucher_seq();
                 exchange(&mut card, 0x32, v);
                 if card.voucher_seq() != before {
@@ -258,6 +314,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 challenge = None;
                 scp = None;
+                intent = None;
             }
             8 => {
                 // Open SCP03 with the right keys (only a blank card accepts).
@@ -295,11 +352,28 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        if !card.store().power_lost() {
-            if let Some(b) = card.balance() {
-                if mode & 1 == 0 {
-                    assert!(b <= minted, "points created: balance {b} > {minted}");
+        if !card.store().power_lost() && mode & 1 == 0 {
+            if let (Some(b), Some(c), Some(v)) =
+                (card.balance(), card.counter(), card.voucher_seq())
+            {
+                if c > counted {
+                    // Only a debit whose answer was lost can have moved the counter unseen,
+                    // and only by one.
+                    assert_eq!(c, counted + 1, "counter jumped");
+                    let amount = lost.take().expect("a debit without an attempt");
+                    debited += u64::from(amount);
+                    counted = c;
                 }
+                let expected = i64::from(minted) - debited as i64;
+                assert_eq!(
+                    i64::from(b),
+                    expected,
+                    "balance {b} != minted {minted} - debited {debited}"
+                );
+                if let Some((c0, v0)) = last_seen {
+                    assert!(c >= c0 && v >= v0, "counter or voucher number went down");
+                }
+                last_seen = Some((c, v));
             }
         }
     }

@@ -143,23 +143,49 @@ pub fn tap_request(k: &Keys) -> Vec<u8> {
         service: Service::Employment,
         requested: Service::Employment.release_policy(),
         time: T0 + 100,
+        debit: None,
     };
     sign(&body, &CHALLENGE, &k.terminal).unwrap()
 }
 
-pub fn terminal_auth(k: &Keys) -> Vec<u8> {
+/// The debit a welfare shop announces in its request.
+pub const INTENT: DebitIntent = DebitIntent {
+    amount: 20,
+    reference: [0x5A; 16],
+};
+
+/// A welfare-point shop's request, carrying the debit it will ask for.
+pub fn tap_request_welfare(k: &Keys) -> Vec<u8> {
+    let body = TapRequestBody {
+        terminal_nonce: [0x7F; 16],
+        service: Service::Welfare,
+        requested: Service::Welfare.release_policy(),
+        time: T0 + 200,
+        debit: Some(INTENT),
+    };
+    sign(&body, &CHALLENGE, &k.terminal).unwrap()
+}
+
+fn terminal_auth_with(k: &Keys, service: Service, req: &[u8]) -> Vec<u8> {
     let cert = cert(
         &k.root,
         &k.terminal,
         Role::Terminal,
         "transit gate 1",
-        ServiceSet::of(&[Service::Employment]),
+        ServiceSet::of(&[service]),
     );
-    let req = tap_request(k);
     encode_versioned(&TerminalAuth {
         terminal_cert: Signed::decode(&cert).unwrap(),
-        request: Signed::decode(&req).unwrap(),
+        request: Signed::decode(req).unwrap(),
     })
+}
+
+pub fn terminal_auth(k: &Keys) -> Vec<u8> {
+    terminal_auth_with(k, Service::Employment, &tap_request(k))
+}
+
+pub fn terminal_auth_welfare(k: &Keys) -> Vec<u8> {
+    terminal_auth_with(k, Service::Welfare, &tap_request_welfare(k))
 }
 
 pub fn tap_response(k: &Keys, h: &Holder) -> Vec<u8> {
@@ -168,8 +194,28 @@ pub fn tap_response(k: &Keys, h: &Holder) -> Vec<u8> {
     let body = TapResponseBody {
         credential: Signed::decode(&cred).unwrap(),
         disclosures: disclosures.as_items(),
+        purse: None,
     };
     let ctx = transcript_hash(&CHALLENGE, &terminal_auth(k));
+    sign(&body, &ctx, &k.card).unwrap()
+}
+
+/// The purse a card reports in its welfare answer.
+pub const PURSE: PurseState = PurseState {
+    balance: 480,
+    counter: 3,
+};
+
+/// The card's answer to [`terminal_auth_welfare`]: welfare attributes and the signed purse.
+pub fn tap_response_welfare(k: &Keys, h: &Holder) -> Vec<u8> {
+    let cred = credential(k, h);
+    let disclosures = h.disclosures(Service::Welfare.release_policy());
+    let body = TapResponseBody {
+        credential: Signed::decode(&cred).unwrap(),
+        disclosures: disclosures.as_items(),
+        purse: Some(PURSE),
+    };
+    let ctx = transcript_hash(&CHALLENGE, &terminal_auth_welfare(k));
     sign(&body, &ctx, &k.card).unwrap()
 }
 

@@ -9,8 +9,8 @@ use shared_crypto::apdu::{
 use shared_crypto::certno::{Category, CertificateNumber, Level};
 use shared_crypto::model::{
     transcript_hash, AttributeId, AttributeSet, AttributeValue, CardSerial, CredentialBody,
-    DebitRequest, Entitlements, LifeCycle, LogBatchBody, Outcome, Reason, ReceiptBody, Role,
-    SelectResponse, Service, ServiceRulesBody, ServiceSet, StatusDeltaBody, StatusListBody,
+    DebitIntent, DebitRequest, Entitlements, LifeCycle, LogBatchBody, Outcome, Reason, ReceiptBody,
+    Role, SelectResponse, Service, ServiceRulesBody, ServiceSet, StatusDeltaBody, StatusListBody,
     TapRecord, TapRequestBody, TapResponseBody, TerminalAuth, NONCE_LEN,
 };
 use shared_crypto::sig::{sign_body, sign_into, Domain, KeyId, Signed};
@@ -433,7 +433,16 @@ struct PendingDebit {
     serial: CardSerial,
     amount: u32,
     reference: [u8; NONCE_LEN],
-    time: u64,
+    /// Request time of the first session that announced this debit: a receipt the card signed
+    /// in any of its sessions carries a time from `since` on.
+    since: u64,
+}
+
+/// The debit announced in a welfare request: its intent and, for a retry, the interrupted debit.
+#[derive(Clone, Copy, Debug)]
+struct Announced {
+    intent: DebitIntent,
+    retry_of: Option<PendingDebit>,
 }
 
 #[derive(Clone, Debug)]
@@ -653,6 +662,14 @@ where
         }
 
         // 2. TERMINAL AUTHENTICATE: our certificate and a request signed over the card challenge.
+        // Welfare: the debit goes into the signed request, since the card debits nothing else
+        // (docs/protocol-card.md §3). The card is not known yet, so an interrupted debit of the
+        // same amount is announced again under its reference: the card that completed it
+        // answers with its stored receipt instead of debiting twice.
+        let debit = match request {
+            ServiceRequest::Welfare { amount } => Some(self.debit_intent(amount)),
+            _ => None,
+        };
         let mut terminal_nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut terminal_nonce);
         let req = TapRequestBody {
@@ -660,6 +677,7 @@ where
             service,
             requested: requested_attributes(service),
             time: now,
+            debit: debit.map(|a| a.intent),
         };
         let mut req_buf = [0u8; 64];
         let req_body =
@@ -821,12 +839,13 @@ where
                     Reason::Ok
                 }
             }
-            ServiceRequest::Welfare { amount } => {
+            ServiceRequest::Welfare { .. } => {
                 if !entitlements.has(Entitlements::WELFARE_POINTS) {
                     return Err(Reason::NotEntitled);
                 }
                 d.holder = holder;
-                return self.debit(card, serial, amount, now, &transcript_check, d);
+                let announced = debit.ok_or(Reason::Malformed)?;
+                return self.debit(card, serial, announced, now, &transcript_check, d);
             }
         };
         d.holder = holder;
@@ -869,42 +888,68 @@ where
             .map(|r| r.time)
     }
 
-    /// 6. DEBIT (welfare): the card-signed receipt is verified under the card key and kept.
+    /// The debit to announce for `amount`: the interrupted one of the same amount again (and
+    /// it), or a fresh reference.
+    fn debit_intent(&mut self, amount: u32) -> Announced {
+        match self.pending_debit {
+            Some(p) if p.amount == amount => Announced {
+                intent: DebitIntent {
+                    amount,
+                    reference: p.reference,
+                },
+                retry_of: Some(p),
+            },
+            _ => {
+                let mut reference = [0u8; NONCE_LEN];
+                self.rng.fill_bytes(&mut reference);
+                Announced {
+                    intent: DebitIntent { amount, reference },
+                    retry_of: None,
+                }
+            }
+        }
+    }
+
+    /// Step 6, DEBIT (welfare): exactly the debit announced in this session's signed request;
+    /// the card-signed receipt is verified under the card key and kept.
     fn debit<T: Transport>(
         &mut self,
         card: &mut T,
         serial: CardSerial,
-        amount: u32,
+        announced: Announced,
         now: u64,
         transcript: &Transcript<'_, '_, V::Key>,
         d: &mut Decision,
     ) -> Step<Reason> {
         let card_key = transcript.card_key;
-        // A debit interrupted on this card is retried with the same reference and time, so the
-        // card answers with its stored receipt instead of debiting twice. That receipt may have
-        // been seen by others in the interrupted session, so it is no proof of the key in this
-        // one: the transcript is checked first.
-        let pending = match self.pending_debit {
-            Some(p) if p.serial == serial && p.amount == amount => {
+        let Announced { intent, retry_of } = announced;
+        // A retry announced an earlier reference, whose receipt may have been seen by others in
+        // the interrupted session, so that receipt is no proof of the key in this one: the
+        // transcript is checked first. (Also when another card answered: it could be a clone
+        // holding the receipt of the card that was interrupted.)
+        let since = match retry_of {
+            Some(p) => {
                 transcript.verify(&self.verifier)?;
-                p
-            }
-            _ => {
-                let mut reference = [0u8; NONCE_LEN];
-                self.rng.fill_bytes(&mut reference);
-                PendingDebit {
-                    serial,
-                    amount,
-                    reference,
-                    time: now,
+                if p.serial == serial {
+                    p.since
+                } else {
+                    now
                 }
             }
+            None => now,
+        };
+        let pending = PendingDebit {
+            serial,
+            amount: intent.amount,
+            reference: intent.reference,
+            since,
         };
         self.pending_debit = Some(pending);
+        // The card checks these against the signed intent and request time (6982 otherwise).
         let req = DebitRequest {
-            amount,
-            reference: pending.reference,
-            time: pending.time,
+            amount: intent.amount,
+            reference: intent.reference,
+            time: now,
         };
         let mut req_buf = [0u8; 48];
         let data = encode_versioned_into(&req, &mut req_buf).map_err(|_| Reason::Malformed)?;
@@ -943,21 +988,24 @@ where
                 Error::Signature | Error::WrongSigner { .. } => Reason::ClonedCard,
                 _ => Reason::Malformed,
             })?;
+        // The card writes the signed request time of the session that debited: this one, or
+        // (a stored receipt) an earlier session that announced the same debit.
         if receipt.card_serial != serial
-            || receipt.amount != amount
+            || receipt.amount != intent.amount
             || receipt.terminal != self.key_id
-            || receipt.reference != pending.reference
-            || receipt.time != pending.time
+            || receipt.reference != intent.reference
+            || receipt.time < since
+            || receipt.time > now
         {
             return Err(Reason::Malformed);
         }
         d.receipt[..n].copy_from_slice(&rsp[..n]);
         d.receipt_len = n as u16;
         d.debit = Some(Debit {
-            amount,
+            amount: intent.amount,
             balance_after: receipt.balance_after,
             counter: receipt.counter,
-            reference: pending.reference,
+            reference: intent.reference,
         });
         Ok(Reason::Ok)
     }

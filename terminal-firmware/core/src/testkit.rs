@@ -644,6 +644,7 @@ impl EmulatedCard {
         let body = TapResponseBody {
             credential,
             disclosures,
+            purse: None,
         };
         let mut scratch = [0u8; 1024];
         let n = sign_into(&body, &context, &self.key, &mut scratch, &mut self.answer)?.len();

@@ -26,8 +26,8 @@ use shared_crypto::apdu::{
     sw, CLA_CHAINING, INS_DEBIT, INS_GET_RESPONSE, INS_SELECT, INS_TERMINAL_AUTHENTICATE,
 };
 use shared_crypto::model::{
-    transcript_hash, CredentialBody, DebitRequest, KeyCertificateBody, LifeCycle, ReceiptBody,
-    SelectResponse, TapResponseBody, TerminalAuth, NONCE_LEN,
+    transcript_hash, CredentialBody, DebitIntent, DebitRequest, KeyCertificateBody, LifeCycle,
+    ReceiptBody, SelectResponse, TapRequestBody, TapResponseBody, TerminalAuth, NONCE_LEN,
 };
 use shared_crypto::wire::{decode_versioned, encode_versioned};
 use shared_crypto::{KeyId, P256Signer, Signed};
@@ -51,6 +51,8 @@ struct Clone {
     pending: Vec<u8>,
     /// The terminal of this session (for receipts).
     terminal: Option<KeyId>,
+    /// The signed request's time and debit intent of this session (for receipts).
+    request: Option<(u64, Option<DebitIntent>)>,
     counter: u32,
     atr: [u8; virtual_card::atr::ATR_LEN],
 }
@@ -79,6 +81,7 @@ impl Clone {
             chain: Vec::new(),
             pending: Vec::new(),
             terminal: None,
+            request: None,
             counter: 0,
             atr: virtual_card::atr::atr(),
         })
@@ -89,6 +92,7 @@ impl Clone {
         self.chain.clear();
         self.pending.clear();
         self.terminal = None;
+        self.request = None;
     }
 
     /// Sends `answer`, 256 bytes at a time with `61xx` for the rest (ISO 7816-4 §7.1.3).
@@ -110,12 +114,20 @@ impl Clone {
             let dump = self.dump.clone();
             return self.answer(dump);
         }
-        // Remember the terminal for a receipt, as the applet would.
-        self.terminal = decode_versioned::<TerminalAuth>(data).ok().and_then(|a| {
+        // Remember the terminal, the request time and the announced debit for a receipt, as
+        // the applet would.
+        let auth = decode_versioned::<TerminalAuth>(data).ok();
+        self.terminal = auth.and_then(|a| {
             a.terminal_cert
                 .decode_trusted::<KeyCertificateBody>()
                 .ok()
                 .map(|c| c.key_id)
+        });
+        self.request = auth.and_then(|a| {
+            a.request
+                .decode_trusted::<TapRequestBody>()
+                .ok()
+                .map(|r| (r.time, r.debit))
         });
         let transcript = transcript_hash(&challenge, data);
         let signed = Signed::decode(&self.dump)
@@ -129,10 +141,21 @@ impl Clone {
     }
 
     fn debit(&mut self, data: &[u8]) -> Vec<u8> {
-        let (Ok(req), Some(terminal)) = (decode_versioned::<DebitRequest>(data), self.terminal)
-        else {
+        let (Ok(req), Some(terminal), Some((time, intent))) = (
+            decode_versioned::<DebitRequest>(data),
+            self.terminal,
+            self.request,
+        ) else {
             return with_sw(Vec::new(), sw::SECURITY_STATUS);
         };
+        // Like the applet: only the debit the terminal announced.
+        let asked = DebitIntent {
+            amount: req.amount,
+            reference: req.reference,
+        };
+        if intent != Some(asked) {
+            return with_sw(Vec::new(), sw::SECURITY_STATUS);
+        }
         let serial = Signed::decode(&self.dump)
             .ok()
             .and_then(|s| s.decode_trusted::<TapResponseBody>().ok())
@@ -149,7 +172,7 @@ impl Clone {
             amount: req.amount,
             balance_after: 10_000,
             terminal,
-            time: req.time,
+            time,
             reference: req.reference,
         };
         match shared_crypto::sig::sign(&receipt, &[], &self.key) {

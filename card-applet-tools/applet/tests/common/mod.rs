@@ -7,8 +7,8 @@ use card_applet::sim::{personalize_in_memory, InMemoryCard, TestRng};
 use shared_crypto::apdu::{exchange, ExchangeError, WireStats};
 use shared_crypto::model::{
     transcript_hash, AttributeId, AttributeSet, BlockCommand, CardBlockBody, CredentialBody,
-    CreditCommand, DebitRequest, Disclosure, KeyCertificateBody, Role, SelectResponse, Service,
-    ServiceSet, TapRequestBody, TapResponseBody, TerminalAuth, VoucherBody,
+    CreditCommand, DebitIntent, DebitRequest, Disclosure, KeyCertificateBody, Role, SelectResponse,
+    Service, ServiceSet, TapRequestBody, TapResponseBody, TerminalAuth, VoucherBody,
 };
 use shared_crypto::scp03::{diversify, StaticKeys};
 use shared_crypto::sig::{sign, P256Signer, PublicKey, Signed};
@@ -251,11 +251,24 @@ pub fn terminal_auth(
     requested: AttributeSet,
     time: u64,
 ) -> Vec<u8> {
+    terminal_auth_with(challenge, t, service, requested, time, None)
+}
+
+/// TERMINAL AUTHENTICATE data whose signed request announces `debit`.
+pub fn terminal_auth_with(
+    challenge: &[u8; 16],
+    t: &Terminal,
+    service: Service,
+    requested: AttributeSet,
+    time: u64,
+    debit: Option<DebitIntent>,
+) -> Vec<u8> {
     let req = TapRequestBody {
         terminal_nonce: [0x5A; 16],
         service,
         requested,
         time,
+        debit,
     };
     let req_wire = sign(&req, challenge, &t.key).unwrap();
     encode_versioned(&TerminalAuth {
@@ -300,6 +313,41 @@ pub fn tap(
     })
 }
 
+/// SELECT + TERMINAL AUTHENTICATE by the welfare terminal at `time`, announcing `amount` under
+/// `reference`.
+pub fn welfare_tap(
+    w: &World,
+    card: &mut InMemoryCard<TestRng>,
+    amount: u32,
+    reference: [u8; 16],
+    time: u64,
+) -> Result<Tap, ExchangeError<card_applet::sim::CardGone>> {
+    let sel = select(card);
+    let data = terminal_auth_with(
+        &sel.challenge,
+        w.terminal(Service::Welfare),
+        Service::Welfare,
+        AttributeSet::NONE,
+        time,
+        Some(DebitIntent { amount, reference }),
+    );
+    let answer = call(card, 0x82, &data)?;
+    Ok(Tap {
+        challenge: sel.challenge,
+        data,
+        answer,
+    })
+}
+
+/// The purse a tap answer reports (verified under the card key), if any.
+pub fn tap_purse(card_key: &PublicKey, t: &Tap) -> Option<(u32, u32)> {
+    let body: TapResponseBody<'_> = Signed::decode(&t.answer)
+        .unwrap()
+        .open(&transcript_hash(&t.challenge, &t.data), card_key)
+        .unwrap();
+    body.purse.map(|p| (p.balance, p.counter))
+}
+
 /// Verifies a tap answer like a terminal would and returns the disclosed attribute set.
 pub fn check_tap(w: &World, card_key: &PublicKey, t: &Tap) -> AttributeSet {
     let signed = Signed::decode(&t.answer).unwrap();
@@ -312,11 +360,18 @@ pub fn check_tap(w: &World, card_key: &PublicKey, t: &Tap) -> AttributeSet {
     cred.check_disclosures(&body.disclosures).unwrap()
 }
 
+/// DEBIT data for a session whose request was made at [`NOW`] (what [`tap`] and the tests'
+/// welfare taps use).
 pub fn debit_data(amount: u32, reference: [u8; 16]) -> Vec<u8> {
+    debit_data_at(amount, reference, NOW)
+}
+
+/// DEBIT data naming `time` (must equal the session's request time).
+pub fn debit_data_at(amount: u32, reference: [u8; 16], time: u64) -> Vec<u8> {
     encode_versioned(&DebitRequest {
         amount,
         reference,
-        time: NOW + 60,
+        time,
     })
 }
 

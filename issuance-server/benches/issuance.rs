@@ -11,7 +11,8 @@
 //!   against the real server process on loopback, 32 concurrent clients.
 //!
 //! Prints a table and writes the numbers as a flat JSON object to `$BENCH_OUT` if set.
-//! `BENCH_CARDS` sets the number of cards (default 200000).
+//! `BENCH_CARDS` sets the number of cards (default 200000); `BENCH_ISSUANCE_ONLY=1` leaves out the
+//! approval latency (for quick runs while working on batch issuance).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -23,7 +24,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use issuance_server::batch::{reissue_all, seed_synthetic_cards, thread_count, ReissueOptions};
+use issuance_server::batch::{
+    reissue_all, seed_synthetic_cards, thread_count, ReissueOptions, ReissueReport,
+};
 use issuance_server::jobs::{sign_credential, CredentialFields};
 use issuance_server::keys::RingSigner;
 use issuance_server::office::{init, open, InitOptions};
@@ -104,8 +107,9 @@ fn credential_rate(threads: usize, window: Duration) -> f64 {
     counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Seeds `cards` active cards into a fresh office and times `reissue --all` over them.
-async fn issuance_rate(data: &Path, url: Option<String>, cards: usize) -> (f64, f64) {
+/// Seeds `cards` active cards into a fresh office and times `reissue --all` over them: the
+/// re-issue's report and the seeding rate.
+async fn issuance_rate(data: &Path, url: Option<String>, cards: usize) -> (ReissueReport, f64) {
     init(&InitOptions {
         data: data.to_path_buf(),
         database_url: url.clone(),
@@ -136,7 +140,7 @@ async fn issuance_rate(data: &Path, url: Option<String>, cards: usize) -> (f64, 
         .unwrap()
         .is_ok());
     state.db.close().await;
-    (report.rate(), cards as f64 / seed_s)
+    (report, cards as f64 / seed_s)
 }
 
 fn agent() -> ureq::Agent {
@@ -284,6 +288,17 @@ impl Drop for Reaper {
     }
 }
 
+/// Where a re-issue's time went: the signer's and the writer's busy time against the wall time
+/// (each below the wall time when the stages overlap).
+fn stages(r: &ReissueReport) -> String {
+    format!(
+        "re-issue {:.2} s: signing busy {:.2} s, writing busy {:.2} s",
+        r.elapsed.as_secs_f64(),
+        r.signing.as_secs_f64(),
+        r.writing.as_secs_f64()
+    )
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (v * m).round() / m
@@ -315,42 +330,47 @@ fn main() {
 
     let tmp = tempfile::tempdir().unwrap();
     eprintln!("bench: issuance on SQLite ...");
-    let (rate, seed) = rt.block_on(issuance_rate(&tmp.path().join("sqlite"), None, cards));
-    out.insert("issuance_per_s_sqlite", round(rate, 0));
+    let (report, seed) = rt.block_on(issuance_rate(&tmp.path().join("sqlite"), None, cards));
+    out.insert("issuance_per_s_sqlite", round(report.rate(), 0));
     notes.push(format!(
-        "SQLite: {cards} cards seeded at {seed:.0} cards/s (3 rows each)"
+        "SQLite: {cards} cards seeded at {seed:.0} cards/s (3 rows each); {}",
+        stages(&report)
     ));
 
     let pg = rt.block_on(common::PgDatabase::create());
     if let Some(pg) = &pg {
         eprintln!("bench: issuance on PostgreSQL ...");
-        let (rate, seed) = rt.block_on(issuance_rate(
+        let (report, seed) = rt.block_on(issuance_rate(
             &tmp.path().join("postgres"),
             Some(pg.url.clone()),
             cards,
         ));
-        out.insert("issuance_per_s_postgres", round(rate, 0));
+        out.insert("issuance_per_s_postgres", round(report.rate(), 0));
         notes.push(format!(
-            "PostgreSQL: {cards} cards seeded at {seed:.0} cards/s"
+            "PostgreSQL: {cards} cards seeded at {seed:.0} cards/s; {}",
+            stages(&report)
         ));
     } else {
         notes.push("PostgreSQL: skipped (not reachable)".into());
     }
 
-    eprintln!("bench: approval latency ...");
-    let (p50, p99, rate) = approval_latency(&tmp.path().join("http-sqlite"), None, 32, 50);
-    out.insert("approval_p50_ms", round(p50, 2));
-    out.insert("approval_p99_ms", round(p99, 2));
-    out.insert("approvals_per_s_sqlite", round(rate, 0));
-    if let Some(pg) = &pg {
-        let pg2 = rt.block_on(common::PgDatabase::create()).unwrap();
-        let (p50, p99, rate) =
-            approval_latency(&tmp.path().join("http-postgres"), Some(&pg2.url), 32, 50);
-        out.insert("approval_p50_ms_postgres", round(p50, 2));
-        out.insert("approval_p99_ms_postgres", round(p99, 2));
-        out.insert("approvals_per_s_postgres", round(rate, 0));
-        drop(pg2);
-        let _ = pg;
+    let issuance_only = std::env::var_os("BENCH_ISSUANCE_ONLY").is_some_and(|v| v == "1");
+    if issuance_only {
+        notes.push("approval latency: left out (BENCH_ISSUANCE_ONLY=1)".into());
+    } else {
+        eprintln!("bench: approval latency ...");
+        let (p50, p99, rate) = approval_latency(&tmp.path().join("http-sqlite"), None, 32, 50);
+        out.insert("approval_p50_ms", round(p50, 2));
+        out.insert("approval_p99_ms", round(p99, 2));
+        out.insert("approvals_per_s_sqlite", round(rate, 0));
+        if pg.is_some() {
+            let pg2 = rt.block_on(common::PgDatabase::create()).unwrap();
+            let (p50, p99, rate) =
+                approval_latency(&tmp.path().join("http-postgres"), Some(&pg2.url), 32, 50);
+            out.insert("approval_p50_ms_postgres", round(p50, 2));
+            out.insert("approval_p99_ms_postgres", round(p99, 2));
+            out.insert("approvals_per_s_postgres", round(rate, 0));
+        }
     }
     drop(pg);
 
@@ -363,7 +383,9 @@ fn main() {
     for n in notes {
         println!("note: {n}");
     }
-    println!("approval latency: 32 concurrent clients x 50 approvals each, HTTP on loopback");
+    if !issuance_only {
+        println!("approval latency: 32 concurrent clients x 50 approvals each, HTTP on loopback");
+    }
     if let Ok(path) = std::env::var("BENCH_OUT") {
         let v: serde_json::Map<String, Value> = out
             .iter()

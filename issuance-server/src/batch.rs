@@ -6,10 +6,10 @@
 //! the writer writes each signed page in one transaction of multi-row INSERTs with one audit
 //! entry. Signing is most of the work (about four fifths of the CPU time of a run in a profile
 //! on the 2-core machine, the SQLite threads about one sixth), so the stages are arranged to keep
-//! the signing threads busy: the
-//! next page is already read when a page's signatures are done, and the writer's transaction
-//! overlaps the next page's signing. A crash loses at most the page being written, and running
-//! the command again simply re-issues again (the newest credential of a card is its current one).
+//! the signing threads busy: the next page is already read when a page's signatures are done,
+//! and the writer's transaction overlaps the next page's signing. A crash loses at most the page
+//! being written, and running the command again simply re-issues again (the newest credential of
+//! a card is its current one).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

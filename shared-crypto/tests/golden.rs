@@ -73,12 +73,28 @@ fn every_format_matches_its_golden_file() {
         .open(&[], &pk(&k.status))
         .unwrap();
     assert_eq!(l.list, LIST_BYTES);
+    // The payload is a real list, not opaque bytes: it parses and answers look-ups.
+    let view = shared_crypto::status_list::StatusListView::parse(l.list).unwrap();
+    view.validate().unwrap();
+    assert_eq!(view.size(), 1000);
+    let first_revoked = view.iter_revoked().next().unwrap().unwrap();
+    assert!(view.is_revoked(first_revoked).unwrap());
 
     let b = golden("status_delta", &status_delta(&k));
-    let _: StatusDeltaBody = Signed::decode(&b)
+    let d: StatusDeltaBody = Signed::decode(&b)
         .unwrap()
         .open(&[], &pk(&k.status))
         .unwrap();
+    let added = shared_crypto::status_list::IndexSetView::parse(d.added).unwrap();
+    assert!(!added.is_empty());
+    // The signed delta applies to the signed list and revokes exactly what it adds.
+    let mut applied = Vec::new();
+    shared_crypto::status_list::apply_delta(&view, &added, &mut applied).unwrap();
+    let after = shared_crypto::status_list::StatusListView::parse(&applied).unwrap();
+    assert_eq!(after.revoked_count(), view.revoked_count() + added.len());
+    for i in added.iter() {
+        assert!(!view.is_revoked(i).unwrap() && after.is_revoked(i).unwrap());
+    }
 
     let b = golden("tap_request", &tap_request(&k));
     let r: TapRequestBody = Signed::decode(&b)

@@ -254,8 +254,12 @@ pub fn trust_bundle(k: &Keys, epoch: u64) -> Vec<u8> {
     sign(&body, &[], &k.root).unwrap()
 }
 
-/// A tiny stand-in list (the status-list codec has its own golden files).
-pub const LIST_BYTES: &[u8] = &[1, 2, 3, 4, 5];
+/// A real compressed list: the status-list codec's own golden file (1000 entries, about 2 %
+/// revoked), so the signed envelope's golden file carries what a terminal really installs.
+pub const LIST_BYTES: &[u8] = include_bytes!("../../golden/status_list.bin");
+
+/// A real index set (the codec's golden delta, which applies to [`LIST_BYTES`]).
+pub const DELTA_ADDED: &[u8] = include_bytes!("../../golden/index_set.bin");
 
 pub fn status_list(k: &Keys, epoch: u64) -> Vec<u8> {
     sign(
@@ -277,7 +281,7 @@ pub fn status_delta(k: &Keys) -> Vec<u8> {
             to_epoch: 2,
             issued_at: T0 + 2,
             size: 1000,
-            added: &[1, 7],
+            added: DELTA_ADDED,
         },
         &[],
         &k.status,

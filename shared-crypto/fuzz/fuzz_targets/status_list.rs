@@ -9,8 +9,23 @@ use shared_crypto::status_list::{StatusListEncoder, StatusListError, StatusListV
 const MAX_ITEMS: usize = 1 << 16;
 
 fuzz_target!(|data: &[u8]| {
+    // Without the block-index check (a terminal's own, already validated flash slot), lookups
+    // on any bytes must still not panic; with a sound index they agree with the checked view.
+    let installed = StatusListView::parse_installed(data).ok();
+    if let Some(v) = &installed {
+        let size = v.size();
+        for i in [0, 1, size / 2, size.saturating_sub(1), size, u32::MAX] {
+            let _ = v.is_revoked(i);
+        }
+        for c in data.chunks_exact(4).take(32) {
+            let _ = v.is_revoked(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) % size.max(1));
+        }
+    }
     let Ok(view) = StatusListView::parse(data) else {
         return;
+    };
+    let Some(installed) = installed else {
+        panic!("parse accepted what parse_installed refused");
     };
     let size = view.size();
     assert!(view.revoked_count() <= size);
@@ -24,6 +39,9 @@ fuzz_target!(|data: &[u8]| {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) % size.max(1)),
     );
     let answers: Vec<_> = probes.iter().map(|&i| (i, view.is_revoked(i))).collect();
+    for (i, r) in &answers {
+        assert_eq!(installed.is_revoked(*i), *r, "parse_installed disagrees at {i}");
+    }
     for (i, r) in &answers {
         if *i >= size {
             assert_eq!(

@@ -476,6 +476,8 @@ pub struct Terminal<F, V: Verifier, S, C, R, B> {
     recent: [Option<Recent>; RECENT_CARDS],
     pending_debit: Option<PendingDebit>,
     stats: WireStats,
+    /// The status list in force passed [`StatusListView::parse`] when it came into force.
+    status_index_checked: bool,
 }
 
 /// How a tap ended early: the reason, and a card already identified.
@@ -567,9 +569,22 @@ where
             recent: [None; RECENT_CARDS],
             pending_debit: None,
             stats: WireStats::default(),
+            status_index_checked: false,
         };
+        t.check_status_index();
         t.rebuild_recent();
         Ok(t)
+    }
+
+    /// Checks the block index of the list in force once, when it comes into force (mount, full
+    /// install, delta), so that a tap looks it up with [`StatusListView::parse_installed`]
+    /// instead of re-checking every index entry: for 38 M entries that re-check was ~0.26 M of a
+    /// tap's ~2.2 M instructions. Its payload hash was checked at mount or written at commit.
+    fn check_status_index(&mut self) {
+        self.status_index_checked = self
+            .status
+            .view()
+            .is_some_and(|list| StatusListView::parse(list).is_ok());
     }
 
     /// Replays the log so that anti-passback, companion passages and rehab intervals survive a
@@ -758,7 +773,12 @@ where
             _ => Reason::Expired,
         })?;
         let list_bytes = self.status.view().ok_or(Reason::NotProvisioned)?;
-        let list = StatusListView::parse(list_bytes).map_err(|_| Reason::StatusListOutdated)?;
+        let list = if self.status_index_checked {
+            StatusListView::parse_installed(list_bytes)
+        } else {
+            StatusListView::parse(list_bytes)
+        }
+        .map_err(|_| Reason::StatusListOutdated)?;
         match list.is_revoked(credential.status_index) {
             Ok(true) => return Err(Reason::Revoked),
             Ok(false) => {}
@@ -1159,7 +1179,7 @@ where
         match kind {
             UpdateKind::TrustBundle => self.issuers = [const { None }; ISSUER_CACHE],
             UpdateKind::ServiceRules => self.rules = rules,
-            UpdateKind::StatusList => {}
+            UpdateKind::StatusList => self.check_status_index(),
         }
         Ok(epoch)
     }
@@ -1215,6 +1235,7 @@ where
         let len = written as u32;
         self.status
             .commit(len, 0, len, body.to_epoch, body.issued_at)?;
+        self.check_status_index();
         Ok(body.to_epoch)
     }
 

@@ -1,5 +1,6 @@
 //! The command/response table (`tests/apdu_table.json`): every refusal's status word, run against
 //! in-memory cards in the named states.
+//! The success paths, byte for byte, are the golden transcripts of `apdu_transcripts.rs`.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -441,6 +441,16 @@ fn serve_and_stop(backend: Backend, url: Option<String>, signal: &str) {
     assert!(stdout(&v).contains("intact: 3 rows"), "{}", stdout(&v));
 }
 
+/// Runs the blocking scenario `f` against a fresh PostgreSQL database (its URL), which lives until
+/// `f` returns; without PostgreSQL it returns at once (`PgDatabase::create` said why).
+async fn on_fresh_postgres(f: impl FnOnce(String) + Send + 'static) {
+    let Some(pg) = PgDatabase::create().await else {
+        return;
+    };
+    let url = pg.url.clone();
+    tokio::task::spawn_blocking(move || f(url)).await.unwrap();
+}
+
 #[test]
 fn serves_and_stops_gracefully_on_sigterm_on_sqlite() {
     serve_and_stop(Backend::Sqlite, None, "TERM");
@@ -455,13 +465,7 @@ fn serves_and_stops_gracefully_on_sigint_on_sqlite() {
 async fn serves_and_stops_gracefully_on_postgres() {
     for signal in ["TERM", "INT"] {
         // One database per office: init refuses a database that has one.
-        let Some(pg) = PgDatabase::create().await else {
-            return;
-        };
-        let url = pg.url.clone();
-        tokio::task::spawn_blocking(move || serve_and_stop(Backend::Postgres, Some(url), signal))
-            .await
-            .unwrap();
+        on_fresh_postgres(move |url| serve_and_stop(Backend::Postgres, Some(url), signal)).await;
     }
 }
 
@@ -745,13 +749,7 @@ fn sigkill_mid_batch_leaves_everything_resumable_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_leaves_everything_resumable_on_postgres() {
-    let Some(pg) = PgDatabase::create().await else {
-        return;
-    };
-    let url = pg.url.clone();
-    tokio::task::spawn_blocking(move || crash_and_resume(Some(url)))
-        .await
-        .unwrap();
+    on_fresh_postgres(|url| crash_and_resume(Some(url))).await;
 }
 
 fn tampering_detected(url: Option<String>) {
@@ -803,13 +801,7 @@ fn tampered_audit_row_is_detected_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_audit_row_is_detected_on_postgres() {
-    let Some(pg) = PgDatabase::create().await else {
-        return;
-    };
-    let url = pg.url.clone();
-    tokio::task::spawn_blocking(move || tampering_detected(Some(url)))
-        .await
-        .unwrap();
+    on_fresh_postgres(|url| tampering_detected(Some(url))).await;
 }
 
 /// A POST with a raw body; returns the status.
@@ -1179,11 +1171,5 @@ fn personal_data_never_logged_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_data_never_logged_on_postgres() {
-    let Some(pg) = PgDatabase::create().await else {
-        return;
-    };
-    let url = pg.url.clone();
-    tokio::task::spawn_blocking(move || personal_data_never_logged(Some(url)))
-        .await
-        .unwrap();
+    on_fresh_postgres(|url| personal_data_never_logged(Some(url))).await;
 }

@@ -804,3 +804,18 @@ impl<T: Transport, F: FnMut(&[u8], &mut [u8], usize) -> usize> Transport for Tam
         Ok((self.edit)(command, response, n))
     }
 }
+
+/// The service rules every test rig installs (core tests, the PN532 taps, the Cortex-M4 image):
+/// a status list may be a week old, a companion passes within 2 minutes, anti-passback 1 minute,
+/// at most 50 points per debit, one rehab session per hour.
+pub fn standard_rules(epoch: u64, issued_at: u64) -> ServiceRulesBody {
+    ServiceRulesBody {
+        epoch,
+        issued_at,
+        max_status_age_s: 7 * 86_400,
+        companion_window_s: 120,
+        passback_s: 60,
+        max_debit_points: 50,
+        rehab_min_interval_s: 3600,
+    }
+}

@@ -24,9 +24,11 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::{self, I2c};
 use embedded_hal::spi::{self, SpiDevice};
 use shared_crypto::apdu::Transport;
-use shared_crypto::model::{Outcome, Reason, Role, ServiceRulesBody, ServiceSet};
+use shared_crypto::model::{Outcome, Reason, Role, ServiceSet};
 use shared_crypto::sig::P256Signer;
-use terminal_core::testkit::{issue_card, Authority, CardSpec, RecordingFeedback, TestClock};
+use terminal_core::testkit::{
+    issue_card, standard_rules, Authority, CardSpec, RecordingFeedback, TestClock,
+};
 use terminal_core::{
     Decision, P256Verifier, RamFlash, ServiceRequest, Storage, Terminal, TerminalConfig,
 };
@@ -364,15 +366,7 @@ fn terminal(auth: &Authority, cert: &[u8]) -> Term {
             .unwrap(),
     )
     .unwrap();
-    let rules = ServiceRulesBody {
-        epoch: 1,
-        issued_at: T0 - DAY,
-        max_status_age_s: 7 * DAY as u32,
-        companion_window_s: 120,
-        passback_s: 60,
-        max_debit_points: 50,
-        rehab_min_interval_s: 3600,
-    };
+    let rules = standard_rules(1, T0 - DAY);
     t.install_service_rules(auth.service_rules(&rules, &mut buf).unwrap())
         .unwrap();
     t

@@ -25,13 +25,14 @@ use card_applet::sim::TestRng;
 use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
 use shared_crypto::apdu::Transport;
-use shared_crypto::model::{Outcome, Reason, ServiceRulesBody, ServiceSet, StatusListBody};
+use shared_crypto::model::{Outcome, Reason, ServiceSet, StatusListBody};
 use shared_crypto::sig::{sha256_parts, Signer};
 use shared_crypto::status_list::StatusListView;
 use terminal_core::ram_flash::RamFlash;
 use terminal_core::slots::SLOT_HEADER_LEN;
 use terminal_core::testkit::{
-    clone_card, forge_card, issue_card, Authority, CardSpec, RecordingFeedback, TestClock,
+    clone_card, forge_card, issue_card, standard_rules, Authority, CardSpec, RecordingFeedback,
+    TestClock,
 };
 use terminal_core::{
     P256Verifier, ServiceRequest, Storage, Terminal, TerminalConfig, UpdateKind, Verifier,
@@ -631,15 +632,7 @@ fn main() -> ! {
             r
         });
     check(delta == Some(Ok(2)), "apply a status delta");
-    let rules = ServiceRulesBody {
-        epoch: 1,
-        issued_at: T0 - DAY,
-        max_status_age_s: 7 * DAY as u32,
-        companion_window_s: 120,
-        passback_s: 60,
-        max_debit_points: 50,
-        rehab_min_interval_s: 3600,
-    };
+    let rules = standard_rules(1, T0 - DAY);
     let installed = auth.service_rules(&rules, &mut buf).ok().map(|r| {
         let (r, s) = measure::stack_of(|| term.install_service_rules(r).is_ok());
         update_stack = update_stack.max(s);

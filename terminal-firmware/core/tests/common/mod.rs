@@ -5,7 +5,9 @@ use card_applet::sim::{InMemoryCard, TestRng};
 use shared_crypto::model::{Role, ServiceRulesBody, ServiceSet};
 use shared_crypto::sig::P256Signer;
 use terminal_core::ram_flash::Tear;
-use terminal_core::testkit::{issue_card, Authority, CardSpec, RecordingFeedback, TestClock};
+use terminal_core::testkit::{
+    issue_card, standard_rules, Authority, CardSpec, RecordingFeedback, TestClock,
+};
 use terminal_core::{P256Verifier, RamFlash, Storage, Terminal, TerminalConfig};
 
 /// 1 KiB sectors, so a few records fill one and the ring logic is exercised.
@@ -21,15 +23,7 @@ pub const LIST_SIZE: u32 = 64;
 pub const REVOKED_INDEX: u32 = 5;
 
 pub fn rules(epoch: u64) -> ServiceRulesBody {
-    ServiceRulesBody {
-        epoch,
-        issued_at: T0 - DAY,
-        max_status_age_s: 7 * DAY as u32,
-        companion_window_s: 120,
-        passback_s: 60,
-        max_debit_points: 50,
-        rehab_min_interval_s: 3600,
-    }
+    standard_rules(epoch, T0 - DAY)
 }
 
 pub fn flash(bytes: usize) -> Flash {

@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use shared_crypto::model::{Outcome, Reason, Role};
-use shared_crypto::status_list::StatusListError;
+use shared_crypto::sig::sha256_parts;
+use shared_crypto::status_list::{StatusListError, StatusListView};
+use terminal_core::crc::crc32;
 use terminal_core::{ServiceRequest, UpdateError, UpdateKind};
 
 fn tap_revoked_index(rig: &mut Rig, index: u32) -> Reason {
@@ -364,4 +366,58 @@ fn a_corrupted_slot_is_not_used() {
         (d.outcome, d.reason),
         (Outcome::AskStaff, Reason::NotProvisioned)
     );
+}
+
+#[test]
+fn a_list_whose_block_index_fails_at_mount_is_refused_at_every_tap() {
+    // A tap opens the list in force header-only only when its block index passed the full
+    // check as it came into force. Here flash holding the list changes under a rewritten,
+    // matching slot header (a fault the payload hash cannot see): the mount's check fails, so
+    // every tap checks the index again and asks staff instead of trusting it.
+    let mut rig = Rig::bare(all_services(), 8);
+    let bundle = rig.bundle(1);
+    rig.t().install_trust_bundle(&bundle).unwrap();
+    let list = rig.status_list(1, T0 - DAY, &[3, 4, 5, 6, 7, 9, 11]);
+    rig.t().install_status_list(&list).unwrap();
+    let r = rig.rules(1);
+    rig.t().install_service_rules(&r).unwrap();
+    assert_eq!(tap_revoked_index(&mut rig, 5), Reason::Revoked);
+
+    {
+        let (_, status, _, _) = rig.t().partitions_mut();
+        // The first commit of the status list went to slot 0.
+        let slot = status[0].as_bytes_mut();
+        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        assert_eq!(&slot[..4], b"TSL1");
+        let payload_len = u32_at(slot, 12) as usize;
+        let (off, len) = (64 + u32_at(slot, 16) as usize, u32_at(slot, 20) as usize);
+        // A bit of the block index (after the list's 16-byte header) that `parse` refuses but
+        // that a header-only view would still answer for index 20 (not revoked): trusting the
+        // index would then accept or refuse the card on corrupt data.
+        let bit = (16 * 8..len * 8)
+            .find(|&bit| {
+                let mut l = slot[off..off + len].to_vec();
+                l[bit / 8] ^= 0x80 >> (bit % 8);
+                StatusListView::parse(&l).is_err()
+                    && StatusListView::parse_installed(&l).is_ok_and(|v| v.is_revoked(20).is_ok())
+            })
+            .expect("some bit of the block index is checked by parse only");
+        slot[off + bit / 8] ^= 0x80 >> (bit % 8);
+        let digest = sha256_parts(&[&slot[64..64 + payload_len]]);
+        slot[40..56].copy_from_slice(&digest[..16]);
+        let crc = crc32(&[&slot[..60]]);
+        slot[60..64].copy_from_slice(&crc.to_le_bytes());
+    }
+    rig.reboot();
+    assert_eq!(
+        rig.t().state().status_epoch,
+        Some(1),
+        "the slot still mounts"
+    );
+    for index in [5, 20] {
+        assert_eq!(
+            tap_revoked_index(&mut rig, index),
+            Reason::StatusListOutdated
+        );
+    }
 }

@@ -62,7 +62,28 @@ pub struct Db {
     /// What tap-log ingestion memoizes about this database's cards (see
     /// [`crate::ingest::CardMemo`]): per database, since a process may open several.
     card_memo: Arc<crate::ingest::CardMemo>,
+    /// Ingestion's memo of `card_points` rows, valid as of one audit head (see [`RowMemo`]).
+    row_memo: Arc<std::sync::Mutex<RowMemo>>,
 }
+
+/// The `card_points` rows ingestion has read or written, as they stand in the database when the
+/// audit chain's head is `valid_at`.
+///
+/// Why this is sound: every change to the database is a [`WriteTx`], writing transactions are
+/// serialized (module documentation), and each one appends to the audit chain, so the head
+/// names the database state exactly: if a new writing transaction finds the head at `valid_at`,
+/// no transaction of any process has committed since the memo was last brought up to date. A
+/// commit of this process moves `valid_at` on (its own row changes applied); a head the memo
+/// does not know, or a commit whose outcome is unknown, empties it. Only ingestion writes
+/// `card_points`, so the other writers of this process carry no row changes.
+#[derive(Debug, Default)]
+pub(crate) struct RowMemo {
+    valid_at: Option<Head>,
+    rows: std::collections::HashMap<[u8; 8], crate::ledger::CardRow>,
+}
+
+/// Bound of the row memo (about 100 bytes each); emptied when a commit would pass it.
+const ROW_MEMO_ENTRIES: usize = 1_000_000;
 
 impl Db {
     /// Connects to `url` and runs the migrations.
@@ -133,6 +154,7 @@ impl Db {
             backend,
             gate: Arc::new(Mutex::new(())),
             card_memo: Arc::default(),
+            row_memo: Arc::default(),
         })
     }
 
@@ -199,6 +221,8 @@ impl Db {
             _gate: gate,
             head,
             entries: Vec::new(),
+            row_memo: self.row_memo.clone(),
+            row_changes: Vec::new(),
         })
     }
 }
@@ -209,6 +233,9 @@ pub struct WriteTx {
     _gate: Option<OwnedMutexGuard<()>>,
     head: Head,
     entries: Vec<AuditEntry>,
+    row_memo: Arc<std::sync::Mutex<RowMemo>>,
+    /// `card_points` rows as this transaction leaves them, for the memo once it commits.
+    row_changes: Vec<([u8; 8], crate::ledger::CardRow)>,
 }
 
 impl WriteTx {
@@ -235,6 +262,40 @@ impl WriteTx {
         });
     }
 
+    /// The memoized `card_points` rows of `serials` (see [`RowMemo`]) as they stand in this
+    /// transaction, when the memo is valid at its start; the serials not found are for the
+    /// caller to read.
+    pub(crate) fn memoized_rows<'a>(
+        &self,
+        serials: impl IntoIterator<Item = &'a [u8; 8]>,
+    ) -> (
+        std::collections::HashMap<[u8; 8], crate::ledger::CardRow>,
+        Vec<[u8; 8]>,
+    ) {
+        let memo = self.row_memo.lock().unwrap_or_else(|e| e.into_inner());
+        let valid = memo.valid_at == Some(self.head);
+        let mut found = std::collections::HashMap::new();
+        let mut missing = Vec::new();
+        for s in serials {
+            match memo.rows.get(s).filter(|_| valid) {
+                Some(row) => {
+                    found.insert(*s, *row);
+                }
+                None => missing.push(*s),
+            }
+        }
+        (found, missing)
+    }
+
+    /// Records `card_points` rows as this transaction leaves them (read or written in it), for
+    /// the memo if it commits.
+    pub(crate) fn remember_rows(
+        &mut self,
+        rows: impl IntoIterator<Item = ([u8; 8], crate::ledger::CardRow)>,
+    ) {
+        self.row_changes.extend(rows);
+    }
+
     /// Appends the audit entries to the chain and commits. A transaction without an audit entry
     /// is a bug and is rolled back.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
@@ -244,8 +305,26 @@ impl WriteTx {
             ));
         }
         let entries = std::mem::take(&mut self.entries);
-        audit::append(&mut self.tx, self.head, &entries).await?;
-        self.tx.commit().await
+        let start = self.head;
+        let end = audit::append(&mut self.tx, start, &entries).await?;
+        let committed = self.tx.commit().await;
+        // Still holding the SQLite gate: the next writer sees the memo as this commit left it.
+        let mut memo = self.row_memo.lock().unwrap_or_else(|e| e.into_inner());
+        if committed.is_err() {
+            // Committed or not, nobody can tell: forget everything.
+            *memo = RowMemo::default();
+        } else {
+            if memo.valid_at != Some(start)
+                || memo.rows.len() + self.row_changes.len() > ROW_MEMO_ENTRIES
+            {
+                // Another process committed in between (or the memo is full): what this
+                // transaction read and wrote is still exact as of its own commit.
+                memo.rows.clear();
+            }
+            memo.rows.extend(self.row_changes.drain(..));
+            memo.valid_at = Some(end);
+        }
+        committed
     }
 }
 

@@ -1077,14 +1077,16 @@ async fn insert_taps(
     Ok(())
 }
 
-/// The `card_points` rows of `serials` (see [`CardRow`]).
+/// The `card_points` rows of `serials` (see [`CardRow`]), from the memo where it is valid (see
+/// [`crate::db::RowMemo`]); a card without a row is absent.
 async fn load_card_rows(
     tx: &mut WriteTx,
     backend: Backend,
     serials: &BTreeSet<[u8; 8]>,
 ) -> ApiResult<HashMap<[u8; 8], CardRow>> {
-    let list: Vec<&[u8; 8]> = serials.iter().collect();
-    let mut out = HashMap::with_capacity(list.len());
+    // Rows this process read or wrote since the last commit of anyone else need no reading.
+    let (mut out, list) = tx.memoized_rows(serials);
+    out.reserve(list.len());
     for chunk in list.chunks(1000) {
         let mut p = Params::new(backend);
         let marks = p.list(chunk.iter().map(|s| s.to_vec()));
@@ -1147,9 +1149,14 @@ async fn write_card_rows(
         }
     }
     let none = Running::default();
-    let changed: Vec<([u8; 8], CardRow)> = changed
+    let after: Vec<([u8; 8], CardRow)> = changed
         .into_iter()
         .map(|(s, row)| (s, row.plus(totals.get(&s).unwrap_or(&none))))
+        .collect();
+    // Every tapped card's row as this transaction leaves it, for the memo.
+    tx.remember_rows(after.iter().copied());
+    let changed: Vec<([u8; 8], CardRow)> = after
+        .into_iter()
         .filter(|(s, row)| rows.get(s) != Some(row))
         .collect();
     for chunk in changed.chunks(500) {

@@ -30,6 +30,7 @@ both_backends!(
     roles_and_bad_parameters,
     terminal_locations,
     terminal_certificate_and_services,
+    two_servers_on_one_database,
 );
 
 /// A registered terminal and its key.
@@ -244,6 +245,15 @@ async fn stored(o: &Office) -> [i64; 5] {
         count(o, "log_batches").await,
         count(o, "audit_log").await,
     ]
+}
+
+/// The card's points statement, as `token` sees it.
+async fn points(o: &Office, c: &Card, token: &str) -> Value {
+    let r = o
+        .get(&format!("/api/v1/cards/{}/points", c.hex()), Some(token))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json());
+    r.json()
 }
 
 async fn anomalies(o: &Office, s: &Staff, query: &str) -> Vec<Value> {
@@ -485,10 +495,7 @@ async fn counters_out_of_order_twice_and_with_gaps(o: Office) {
     );
     assert!(g["resolved_at"].is_null());
     assert!(g["detail"].as_str().unwrap().contains("counter 3"));
-    let st = o
-        .get(&format!("/api/v1/cards/{}/points", c.hex()), Some(&s.clerk))
-        .await
-        .json();
+    let st = points(&o, &c, &s.clerk).await;
     assert_eq!(st["missing_counters"], json!([[3, 3]]));
     // Counter 3 arrives late, at another terminal: fine, the gap is resolved, no new anomaly.
     let a = accept(
@@ -507,13 +514,7 @@ async fn counters_out_of_order_twice_and_with_gaps(o: Office) {
     let gaps = anomalies(&o, &s, "?kind=counter_gap").await;
     assert_eq!(gaps.len(), 1);
     assert!(gaps[0]["resolved_at"].is_i64(), "{}", gaps[0]);
-    let st = o
-        .get(
-            &format!("/api/v1/cards/{}/points", c.hex()),
-            Some(&s.auditor),
-        )
-        .await
-        .json();
+    let st = points(&o, &c, &s.auditor).await;
     assert_eq!(st["missing_counters"], json!([]));
     let counters: Vec<u64> = st["debits"]
         .as_array()
@@ -576,13 +577,7 @@ async fn counters_out_of_order_twice_and_with_gaps(o: Office) {
         ["counter_gap", "counter_seen_twice"]
     );
     // The statement lists the card's anomalies too.
-    let st = o
-        .get(
-            &format!("/api/v1/cards/{}/points", c.hex()),
-            Some(&s.approver),
-        )
-        .await
-        .json();
+    let st = points(&o, &c, &s.approver).await;
     assert_eq!(
         kinds(st["anomalies"].as_array().unwrap()),
         ["counter_gap", "counter_seen_twice"]
@@ -668,13 +663,7 @@ async fn balances_must_agree_with_grants(o: Office) {
         .as_str()
         .unwrap()
         .contains("40 points vanished"));
-    let st = o
-        .get(
-            &format!("/api/v1/cards/{}/points", c.hex()),
-            Some(&s.auditor),
-        )
-        .await
-        .json();
+    let st = points(&o, &c, &s.auditor).await;
     assert_eq!(st["grants"].as_array().unwrap().len(), 1);
     assert_eq!(
         (
@@ -1488,4 +1477,85 @@ async fn terminal_certificate_and_services(o: Office) {
         .as_str()
         .unwrap()
         .contains("record seq 0"));
+}
+
+/// Two server processes on one database (as two instances behind a balancer on PostgreSQL, or
+/// a second `serve` on the same SQLite file): each keeps what it read of the cards' running
+/// totals, and must notice the other's commits. A card's receipts alternate between the two;
+/// a server that trusted its own stale totals would see counter 3 follow counter 1 (a gap
+/// anomaly) and write a total of two receipts over the three stored.
+async fn two_servers_on_one_database(o: Office) {
+    let s = o.staff().await;
+    let shop = terminal(&o, &s, "Shop", 110105, None).await;
+    let bank = terminal(&o, &s, "Time bank", 110105, None).await;
+    let c = card(&o, &s, 7).await;
+    let other = issuance_server::app(
+        issuance_server::office::open(&o.data(), o.database_url.as_deref())
+            .await
+            .unwrap(),
+    );
+    let upload_to_other = |term: &Term, wire: Vec<u8>| {
+        let req = Request::post(&term.url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(wire))
+            .unwrap();
+        let app = other.clone();
+        async move {
+            use tower::ServiceExt;
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let now = issuance_server::now();
+    let w = |seq, t: u64| Rec::tap(seq, t, Service::Welfare, &c);
+    let r = |term: &Term, counter: u32| c.receipt(term, counter, 10, 100 - 10 * counter);
+    // (this server or the other, terminal, its seq, seconds ago; the counter runs 1..=5)
+    let steps = [
+        (true, &shop, 0, 50),
+        (false, &bank, 0, 40),
+        (true, &shop, 1, 30),
+        (true, &shop, 2, 20),
+        (false, &bank, 1, 10),
+    ];
+    for (n, (here, term, seq, ago)) in steps.into_iter().enumerate() {
+        if n == 3 {
+            // A commit of this server that is not an upload (a terminal registered) in between.
+            terminal(&o, &s, "Bus gate", 110105, None).await;
+        }
+        let counter = n as u32 + 1;
+        let wire = batch(term, &[w(seq, now - ago).with_receipt(r(term, counter))]);
+        let a = if here {
+            accept(&o, term, wire).await
+        } else {
+            upload_to_other(term, wire).await
+        };
+        assert_eq!(
+            (a["receipts"].clone(), a["anomalies"].clone()),
+            (json!(1), json!(0)),
+            "counter {counter}: {a}"
+        );
+    }
+    assert!(anomalies(&o, &s, "").await.is_empty());
+    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT receipts, debited, top_counter, top_balance, last_tap_time FROM card_points \
+         WHERE card_serial = $1",
+    )
+    .bind(c.serial.to_vec())
+    .fetch_one(o.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(row, (5, 50, 5, 50, (now - 10) as i64));
+    let st = points(&o, &c, &s.auditor).await;
+    assert_eq!(st["totals"]["debits"], 5);
+    assert_eq!(st["totals"]["expected_balance"], 50);
 }

@@ -18,7 +18,9 @@
 //!
 //! Throughput: the statements of stage 3 are multi-row and read only what the checks need (a
 //! card's running totals, its neighbouring taps), since stage 3 is serialized; stages 1 and 2 of
-//! other uploads run meanwhile. `benches/ingest.rs` measures it.
+//! other uploads run meanwhile. What never changes about a card is memoized ([`CardMemo`]), and
+//! so are its running totals while no other process has written ([`crate::db::RowMemo`]), so a
+//! batch of known cards reads almost nothing. `benches/ingest.rs` measures it.
 //!
 //! [`SigningInput`]: shared_crypto::sig::SigningInput
 

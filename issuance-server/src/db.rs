@@ -75,7 +75,9 @@ pub struct Db {
 /// no transaction of any process has committed since the memo was last brought up to date. A
 /// commit of this process moves `valid_at` on (its own row changes applied); a head the memo
 /// does not know, or a commit whose outcome is unknown, empties it. Only ingestion writes
-/// `card_points`, so the other writers of this process carry no row changes.
+/// `card_points`, so the other writers of this process carry no row changes. Migrations write
+/// without an audit entry: a migration that changes `card_points` must be applied with every
+/// server stopped (they run at start-up, before any memo exists).
 #[derive(Debug, Default)]
 pub(crate) struct RowMemo {
     valid_at: Option<Head>,
@@ -262,9 +264,10 @@ impl WriteTx {
         });
     }
 
-    /// The memoized `card_points` rows of `serials` (see [`RowMemo`]) as they stand in this
-    /// transaction, when the memo is valid at its start; the serials not found are for the
-    /// caller to read.
+    /// The memoized `card_points` rows of `serials` (see [`RowMemo`]) as they stood when this
+    /// transaction began, if the memo is valid then (rows this transaction has changed since are
+    /// not seen: ingestion reads the rows once, before it writes them); the serials not found are
+    /// for the caller to read.
     pub(crate) fn memoized_rows<'a>(
         &self,
         serials: impl IntoIterator<Item = &'a [u8; 8]>,
@@ -272,6 +275,10 @@ impl WriteTx {
         std::collections::HashMap<[u8; 8], crate::ledger::CardRow>,
         Vec<[u8; 8]>,
     ) {
+        debug_assert!(
+            self.row_changes.is_empty(),
+            "card_points rows read after this transaction wrote some"
+        );
         let memo = self.row_memo.lock().unwrap_or_else(|e| e.into_inner());
         let valid = memo.valid_at == Some(self.head);
         let mut found = std::collections::HashMap::new();

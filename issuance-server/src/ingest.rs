@@ -218,7 +218,7 @@ pub(crate) fn check_certificate(up: &Uploader, root: &PublicKey, now: u64) -> Ap
     };
     let signed = Signed::decode(&up.certificate)
         .map_err(|e| invalid(format!("is not a signed object: {e}")))?;
-    let root_full = uncompressed(&root.to_sec1())
+    let root_full = uncompressed_cached(&root.to_sec1())
         .ok_or_else(|| anyhow::anyhow!("the office's root key is not a valid point"))?;
     ring_verify(&signed, Domain::KeyCertificate, &root.key_id(), &root_full)
         .map_err(|e| invalid(format!("does not verify under this office's root key: {e}")))?;
@@ -455,11 +455,10 @@ async fn load_cards(
     if missing.is_empty() {
         return Ok(out);
     }
-    let c = match conn {
+    let mut c = match conn {
         Some(c) => c,
         None => state.db.pool().acquire().await?,
     };
-    let mut c = c;
     let mut loaded = Vec::with_capacity(missing.len());
     for chunk in missing.chunks(1000) {
         let mut p = Params::new(backend);
@@ -638,7 +637,11 @@ impl VerifyPool {
                     q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            task();
+            // A task that panics must not take its thread with it: once every thread had gone,
+            // uploads would wait for ever. Its dropped answer channel already fails its upload.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(task)).is_err() {
+                tracing::error!("a receipt verification task panicked");
+            }
         }
     }
 

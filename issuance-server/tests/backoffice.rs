@@ -138,6 +138,24 @@ impl Rec {
 
 /// The terminal-signed batch of `recs` (which must run in sequence), made at `created_at`.
 fn batch_at(term: &Term, recs: &[Rec], created_at: u64) -> Vec<u8> {
+    batch_claiming(
+        term,
+        recs[0].seq,
+        recs[recs.len() - 1].seq,
+        recs,
+        created_at,
+    )
+}
+
+/// A terminal-signed batch of `recs` that claims to run from `first_seq` to `last_seq` (whether or
+/// not the records do).
+fn batch_claiming(
+    term: &Term,
+    first_seq: u32,
+    last_seq: u32,
+    recs: &[Rec],
+    created_at: u64,
+) -> Vec<u8> {
     let items: ItemsBuf = recs
         .iter()
         .map(|r| TapRecord {
@@ -155,8 +173,8 @@ fn batch_at(term: &Term, recs: &[Rec], created_at: u64) -> Vec<u8> {
         .collect();
     let body = LogBatchBody {
         terminal: term.key_id,
-        first_seq: recs[0].seq,
-        last_seq: recs[recs.len() - 1].seq,
+        first_seq,
+        last_seq,
         created_at,
         records: items.as_items(),
     };
@@ -345,6 +363,20 @@ async fn replay_overlap_and_conflict(o: Office) {
     upload(&o, &t, batch(&t, &wrap))
         .await
         .refused(422, "malformed_batch");
+    assert_eq!(stored(&o).await, before);
+    // Records that do not run from first_seq to last_seq one by one: a gap inside, a number
+    // twice, a last_seq beyond the records, a first_seq that is not the first record's.
+    let tap = |seq| Rec::tap(seq, now, Service::Transit, &c);
+    for (first, last, seqs) in [
+        (20, 22, [20, 22]),
+        (20, 21, [20, 20]),
+        (20, 25, [20, 21]),
+        (19, 20, [20, 21]),
+    ] {
+        let recs: Vec<Rec> = seqs.into_iter().map(tap).collect();
+        let wire = batch_claiming(&t, first, last, &recs, issuance_server::now());
+        upload(&o, &t, wire).await.refused(422, "malformed_batch");
+    }
     assert_eq!(stored(&o).await, before);
     // Sequence from 0, clock right: no anomaly.
     assert!(anomalies(&o, &s, "").await.is_empty());

@@ -6,8 +6,9 @@
 //! through any power loss, so the host's crash must not lose it either: the temporary file is
 //! fsync'ed before the rename (else the rename can land before the data and leave an empty or
 //! short file) and the directory after it (else the rename itself can be lost). Writes happen only
-//! when a command changed the store, so the two fsyncs are paid by DEBIT, CREDIT, BLOCK and
-//! personalization, not by every SELECT or tap.
+//! when a command changed the store: DEBIT, CREDIT, BLOCK, personalization, and most taps
+//! (TERMINAL AUTHENTICATE moves the card's clock on when the terminal's time is later); a SELECT,
+//! a read or a refused command pays no fsync.
 
 use std::fs;
 use std::io::{self, Write};

@@ -474,7 +474,9 @@ fn large_list<A: Transport, B: Transport>(
         install_stack
     );
 
-    // What a tap pays for the list: parse the header and block index, then look one index up.
+    // A lookup in a list seen for the first time: parse the header and check the block index, then
+    // look one index up. (A tap pays less: the index is checked once, when the list comes into
+    // force, and a tap opens it with `parse_installed`; its cost is in the tap figures.)
     let list = shared_crypto::Signed::decode(&LIST38M_WIRE)
         .and_then(|s| s.decode_trusted::<StatusListBody<'_>>())
         .map(|b| b.list);

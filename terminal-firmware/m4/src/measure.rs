@@ -41,13 +41,17 @@ pub fn start_systick(mut syst: SYST) {
 }
 
 /// Ticks since the start, across wraps. The wrap count is read on both sides of the counter, so
-/// a wrap in between is seen and the reading repeated.
+/// a wrap counted in between is seen and the reading repeated. A wrap not counted yet (the
+/// counter reloaded, its exception still pending) is added here: the counter then reads high
+/// (it just restarted from `RELOAD`), where a reading taken before that reload reads low.
 fn now() -> u64 {
     loop {
         let wraps = WRAPS.load(Ordering::SeqCst);
         let current = SYST::get_current() & RELOAD;
+        let pending = cortex_m::peripheral::SCB::is_pendst_pending();
         if WRAPS.load(Ordering::SeqCst) == wraps {
-            return u64::from(wraps) * PERIOD + u64::from(RELOAD - current);
+            let uncounted = u64::from(pending && current > RELOAD / 2);
+            return (u64::from(wraps) + uncounted) * PERIOD + u64::from(RELOAD - current);
         }
     }
 }

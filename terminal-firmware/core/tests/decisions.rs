@@ -6,13 +6,14 @@ mod common;
 
 use card_applet::sim::TestRng;
 use common::*;
-use shared_crypto::apdu::Transport;
+use shared_crypto::apdu::{Transport, INS_DEBIT};
 use shared_crypto::certno::{Category, Level};
 use shared_crypto::model::{
-    AttributeValue, Entitlements, Outcome, Reason, Service, ServiceSet, TapResponseBody,
+    decode_command, AttributeValue, DebitRequest, Entitlements, LogBatchBody, Outcome, Reason,
+    ReceiptBody, Service, ServiceSet, TapRecord, TapResponseBody,
 };
 use shared_crypto::sig::Signed;
-use shared_crypto::wire::decode_versioned;
+use shared_crypto::wire::{decode_versioned, encode_versioned_into};
 use terminal_core::testkit::{
     block_card, forge_card, issue_card, lying_card, Attributes, CardSpec, EmulatedCard, Tamper,
 };
@@ -646,4 +647,229 @@ fn a_clone_that_refuses_the_debit_is_still_a_clone() {
         .t()
         .tap(&mut genuine, ServiceRequest::Welfare { amount: 5 });
     assert_decision(&d, Outcome::Refused, Reason::PurseEmpty);
+}
+
+/// A card whose DEBIT answer is lost on the way back (it left the field after debiting): the
+/// terminal sees a transport failure, and the answer (the card-signed receipt and its SW) is kept
+/// in `lost`, as an eavesdropper could have kept it.
+struct LoseDebitAnswer<T> {
+    inner: T,
+    lost: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Lost;
+
+impl<T: Transport> Transport for LoseDebitAnswer<T> {
+    type Error = Lost;
+    fn transceive(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, Lost> {
+        let n = self.inner.transceive(command, response).map_err(|_| Lost)?;
+        if command[1] == INS_DEBIT {
+            self.lost = response[..n].to_vec();
+            return Err(Lost);
+        }
+        Ok(n)
+    }
+}
+
+/// Forwards to `inner` with the time of the DEBIT command replaced by `redate(time)`: the
+/// emulator signs its receipt with whatever time it is sent, so the receipt is card-signed (under
+/// the key its credential certifies) but dated otherwise.
+struct Redate<T, F> {
+    inner: T,
+    redate: F,
+}
+
+impl<T: Transport, F: FnMut(u64) -> u64> Transport for Redate<T, F> {
+    type Error = T::Error;
+    fn transceive(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, T::Error> {
+        if command[1] != INS_DEBIT {
+            return self.inner.transceive(command, response);
+        }
+        let lc = command[4] as usize;
+        let mut req: DebitRequest = decode_command(&command[5..5 + lc]).unwrap();
+        req.time = (self.redate)(req.time);
+        let mut data = [0u8; 64];
+        let data = encode_versioned_into(&req, &mut data).unwrap();
+        let mut cmd = command[..4].to_vec();
+        cmd.push(data.len() as u8);
+        cmd.extend_from_slice(data);
+        cmd.extend_from_slice(&command[5 + lc..]);
+        self.inner.transceive(&cmd, response)
+    }
+}
+
+/// A card of the attacker's own, certified by the real issuer, telling the truth (the level of
+/// `CardSpec::entitled` is 2): it signs transcript and receipts with the key its credential
+/// certifies.
+fn honest_emulator(rig: &Rig, serial: u8, status_index: u32) -> EmulatedCard {
+    let spec = CardSpec::entitled(serial, status_index, T0 - YEAR, T0 + YEAR);
+    lying_card(
+        &rig.auth,
+        &spec,
+        AttributeValue::Level(Level::new(2).unwrap()),
+        u64::from(serial),
+    )
+    .unwrap()
+}
+
+/// (outcome, reason, receipt kept) of the last record in the terminal's log.
+fn last_logged(rig: &mut Rig) -> (Outcome, Reason, bool) {
+    let mut buf = [0u8; 4096];
+    let batch = rig.t().export_log_batch(100, &mut buf).unwrap().unwrap();
+    let signed = Signed::decode(batch.wire).unwrap();
+    let body: LogBatchBody<'_> = signed.open(&[], &rig.auth.terminal.public_key()).unwrap();
+    let last: TapRecord<'_> = body.records.iter().last().unwrap();
+    (last.outcome, last.reason, last.receipt.is_some())
+}
+
+fn assert_no_debit(rig: &mut Rig, d: &terminal_core::Decision, reason: Reason) {
+    assert_decision(d, Outcome::Refused, reason);
+    assert!(d.debit.is_none());
+    assert!(d.receipt().is_none(), "no receipt is kept");
+    assert_eq!(last_logged(rig), (Outcome::Refused, reason, false));
+}
+
+#[test]
+fn a_receipt_dated_outside_the_session_is_refused() {
+    // A fresh debit: the receipt must carry this session's request time. Signed by the card's
+    // own key, for the right amount, reference and terminal, but dated a second earlier (before
+    // the debit was announced) or a second later (after the terminal's now), it is malformed.
+    let mut rig = Rig::new();
+    for (serial, shift) in [(31, -1), (32, 1), (33, -3600)] {
+        let mut card = Redate {
+            inner: honest_emulator(&rig, serial, 36),
+            redate: move |t: u64| t.wrapping_add_signed(shift),
+        };
+        let d = rig
+            .t()
+            .tap(&mut card, ServiceRequest::Welfare { amount: 5 });
+        assert_no_debit(&mut rig, &d, Reason::Malformed);
+    }
+    // The emulator and the rewriting are sound: the same card dating its receipt now is accepted.
+    let mut card = Redate {
+        inner: honest_emulator(&rig, 34, 37),
+        redate: |t: u64| t,
+    };
+    let d = rig
+        .t()
+        .tap(&mut card, ServiceRequest::Welfare { amount: 5 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(last_logged(&mut rig), (Outcome::Accepted, Reason::Ok, true));
+}
+
+/// Taps `card` for a welfare debit of `amount` whose answer is lost: refused as interrupted, the
+/// terminal remembers the debit. Returns the lost receipt (with its SW).
+fn interrupt_debit(
+    rig: &mut Rig,
+    card: &mut card_applet::sim::InMemoryCard<TestRng>,
+    amount: u32,
+) -> Vec<u8> {
+    let mut lossy = LoseDebitAnswer {
+        inner: card,
+        lost: Vec::new(),
+    };
+    let d = rig.t().tap(&mut lossy, ServiceRequest::Welfare { amount });
+    assert_decision(&d, Outcome::Refused, Reason::DebitInterrupted);
+    assert_eq!(lossy.lost[lossy.lost.len() - 2..], [0x90, 0x00]);
+    lossy.lost
+}
+
+#[test]
+fn a_retry_answered_by_a_clone_holding_the_interrupted_receipt_is_refused() {
+    // The receipt of an interrupted debit may have been picked up in the air. A clone of that card
+    // (its credential and disclosures, the cloner's key) answers the retry with it: the receipt
+    // verifies under the card key and matches the announced debit, so only the transcript
+    // shows the clone.
+    let mut rig = Rig::new();
+    let spec = CardSpec::entitled(35, 38, T0 - YEAR, T0 + YEAR);
+    let mut original = rig.card_with(&spec, 35);
+    let key = original.applet().card_public_key().unwrap().to_sec1();
+    let lost = interrupt_debit(&mut rig, &mut original, 7);
+    assert_eq!(original.applet().balance(), Some(93), "the card debited");
+    let receipt = &lost[..lost.len() - 2];
+
+    rig.clock().advance(120);
+    let clone = terminal_core::testkit::clone_card(&rig.auth, &spec, &key, 35).unwrap();
+    let mut clone = Tamper {
+        inner: clone,
+        edit: |c: &[u8], rsp: &mut [u8], n: usize| {
+            if c[1] == INS_DEBIT {
+                rsp[..lost.len()].copy_from_slice(&lost);
+                return lost.len();
+            }
+            n
+        },
+    };
+    let d = rig
+        .t()
+        .tap(&mut clone, ServiceRequest::Welfare { amount: 7 });
+    assert_no_debit(&mut rig, &d, Reason::ClonedCard);
+
+    // The clone's attempt does not use up the retry: the card itself still gets exactly that
+    // receipt accepted, debited once.
+    let d = rig
+        .t()
+        .tap(&mut original, ServiceRequest::Welfare { amount: 7 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(d.receipt(), Some(receipt), "the receipt the clone replayed");
+    assert_eq!(d.debit.unwrap().balance_after, 93);
+    assert_eq!(original.applet().balance(), Some(93));
+}
+
+#[test]
+fn a_retry_answered_by_another_card_is_a_fresh_debit() {
+    // Another holder taps for the same amount after an interrupted debit: the announced debit is
+    // the interrupted one (the card is not known when it is announced), and this card, which
+    // has no receipt of it, debits it now like any fresh debit.
+    let mut rig = Rig::new();
+    let mut interrupted = rig.card(36, 39);
+    let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
+    let card_key = interrupted.applet().card_public_key().unwrap();
+    let lost: ReceiptBody = Signed::decode(&lost[..lost.len() - 2])
+        .unwrap()
+        .open(&[], &card_key)
+        .unwrap();
+
+    rig.clock().advance(120);
+    let now = rig.clock().0.get().unwrap();
+    let mut other = rig.card(37, 40);
+    let d = rig
+        .t()
+        .tap(&mut other, ServiceRequest::Welfare { amount: 7 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(d.card_serial, Some([0xC0, 0, 0, 0, 0, 0, 0, 37]));
+    let debit = d.debit.unwrap();
+    assert_eq!(debit.reference, lost.reference, "the retry was announced");
+    assert_eq!((debit.balance_after, debit.counter), (93, 1));
+    assert_eq!(other.applet().balance(), Some(93));
+    let receipt: ReceiptBody = Signed::decode(d.receipt().unwrap())
+        .unwrap()
+        .open(&[], &other.applet().card_public_key().unwrap())
+        .unwrap();
+    assert_eq!(
+        (receipt.card_serial, receipt.time),
+        (d.card_serial.unwrap(), now)
+    );
+    assert_eq!(last_logged(&mut rig), (Outcome::Accepted, Reason::Ok, true));
+}
+
+#[test]
+fn a_retry_answered_by_another_card_needs_a_receipt_of_this_session() {
+    // Only the interrupted card may answer the retry with a receipt of the interrupted session;
+    // another card's receipt, even signed by its own certified key, must be dated now.
+    let mut rig = Rig::new();
+    let mut interrupted = rig.card(38, 41);
+    let t1 = rig.clock().0.get().unwrap();
+    interrupt_debit(&mut rig, &mut interrupted, 7);
+
+    rig.clock().advance(120);
+    let mut other = Redate {
+        inner: honest_emulator(&rig, 39, 42),
+        redate: |_| t1,
+    };
+    let d = rig
+        .t()
+        .tap(&mut other, ServiceRequest::Welfare { amount: 7 });
+    assert_no_debit(&mut rig, &d, Reason::Malformed);
 }

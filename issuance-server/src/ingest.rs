@@ -3,12 +3,13 @@
 //! A batch goes through three stages, and nothing is written unless all of them pass:
 //! 1. **Open** (blocking thread): the envelope's signature is checked with ring
 //!    (`ECDSA_P256_SHA256_FIXED`) over shared-crypto's [`SigningInput`] under the registered
-//!    terminal key, then the body is decoded (verify, then decode), its records must run
+//!    terminal key; only then the terminal's certificate (so that an unsigned POST learns
+//!    nothing of it); then the body is decoded (verify, then decode), its records must run
 //!    `first_seq..=last_seq`, and each record's exact bytes are hashed.
 //! 2. **Verify receipts** (all cores): every card-signed receipt is checked under the key of the
 //!    card it names. A receipt that does not verify, names another card or terminal, belongs to
 //!    a card this office does not know, or sits on a record without a card refuses the whole
-//!    batch (422 `forged_receipt`, naming the record).
+//!    batch (422 `forged_receipt`, naming the lowest such record).
 //! 3. **Store** (one writing transaction): records stored before must be byte-identical (else 409
 //!    `batch_conflict`); only new records are stored, so a batch sent twice is accepted once and
 //!    a terminal that re-exports an overlapping batch after a restart is accepted too. The
@@ -258,10 +259,13 @@ pub(crate) fn check_certificate(up: &Uploader, root: &PublicKey, now: u64) -> Ap
     })
 }
 
-/// Stage 1: the terminal's certificate (at `now`, the server's clock), the batch's signature,
-/// body and sequence, each record's service against the certificate.
+/// Stage 1: the batch's signature, the terminal's certificate (at `now`, the server's clock),
+/// the batch's body and sequence, each record's service against the certificate.
+///
+/// The signature comes first: until the batch is shown to be the terminal's, the answer says
+/// nothing about the terminal (anyone may POST to its URL; the state of its certificate is
+/// for the terminal and the office to know).
 fn open_batch(wire: &Bytes, uploader: &Uploader, root: &PublicKey, now: u64) -> ApiResult<Opened> {
-    let cert = check_certificate(uploader, root, now)?;
     let signed = Signed::decode(wire).map_err(|e| {
         ApiError::bad_request(
             "malformed_batch",
@@ -277,6 +281,7 @@ fn open_batch(wire: &Bytes, uploader: &Uploader, root: &PublicKey, now: u64) -> 
             format!("the log batch does not verify under this terminal's key: {e}"),
         )
     })?;
+    let cert = check_certificate(uploader, root, now)?;
     let batch: LogBatchBody<'_> = signed.decode_trusted().map_err(|e| {
         ApiError::refused(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -691,16 +696,19 @@ async fn verify_receipts(
     }
     type Results = Vec<(usize, Result<ReceiptBody, String>)>;
     let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Results>();
-    // Once a receipt fails the batch is refused: the tasks still queued skip their work.
-    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Once a receipt fails the batch is refused, and the refusal names the lowest failing
+    // record: receipts after the lowest failure found so far are skipped (none of them can be
+    // the one named), those before it are still checked. Each task runs its receipts in
+    // ascending order, so it stops at the first one past the failure.
+    let lowest_failure = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
     let chunks: Vec<Vec<ReceiptJob>> = jobs.chunks(VERIFY_CHUNK).map(<[_]>::to_vec).collect();
     let n = chunks.len();
     VerifyPool::get().submit(chunks.into_iter().map(|part| {
-        let (records, send, failed) = (records.clone(), send.clone(), failed.clone());
+        let (records, send, lowest) = (records.clone(), send.clone(), lowest_failure.clone());
         Box::new(move || {
             let mut results = Vec::with_capacity(part.len());
             for job in &part {
-                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                if job.index > lowest.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
                 let Some(receipt) = records[job.index].receipt.as_ref() else {
@@ -708,7 +716,7 @@ async fn verify_receipts(
                 };
                 let r = check_receipt(receipt, job, &terminal);
                 if r.is_err() {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    lowest.fetch_min(job.index, std::sync::atomic::Ordering::Relaxed);
                 }
                 results.push((job.index, r));
             }
@@ -726,7 +734,6 @@ async fn verify_receipts(
         for (i, r) in results {
             match r {
                 Ok(body) => out[i] = Some(body),
-                // The refusal names the lowest failing record seen.
                 Err(why) => {
                     if first_failure.as_ref().is_none_or(|(j, _)| i < *j) {
                         first_failure = Some((i, why));

@@ -426,7 +426,7 @@ async fn forged_receipts_refuse_the_whole_batch(o: Office) {
     let cases: Vec<(&str, Rec)> = vec![
         (
             "bad signature",
-            Rec::tap(1, now, Service::Welfare, &a).with_receipt(flipped),
+            Rec::tap(1, now, Service::Welfare, &a).with_receipt(flipped.clone()),
         ),
         (
             "signed by another key",
@@ -482,6 +482,25 @@ async fn forged_receipts_refuse_the_whole_batch(o: Office) {
         (json!(3), json!(2))
     );
     assert!(anomalies(&o, &s, "").await.is_empty());
+    // Several forged receipts in a batch long enough to be verified in several parts at once
+    // (64 receipts a part): the refusal names the lowest, whichever part fails first. Record
+    // 65 fails at the start of the second part, while the first part has not yet reached its
+    // forgery at record 60.
+    let before = stored(&o).await;
+    let long: Vec<Rec> = (0..200u32)
+        .map(|i| {
+            let receipt = match i {
+                60 | 65 | 150 => flipped.clone(),
+                _ => b.receipt(&t, 2 + i, 0, 95),
+            };
+            Rec::tap(3 + i, now, Service::Welfare, &b).with_receipt(receipt)
+        })
+        .collect();
+    let r = upload(&o, &t, batch(&t, &long)).await;
+    r.refused(422, "forged_receipt");
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("record seq 63:"), "{message}");
+    assert_eq!(stored(&o).await, before);
 }
 
 async fn counters_out_of_order_twice_and_with_gaps(o: Office) {
@@ -1430,11 +1449,29 @@ async fn terminal_certificate_and_services(o: Office) {
             "terminal_certificate_invalid",
         ),
     ];
+    // A batch the terminal did not sign, and a body that is no batch: until the batch proves
+    // to be the terminal's, the answer says nothing of its certificate.
+    let impostor = Term {
+        key: RingSigner::generate().unwrap().0,
+        key_id: t.key_id,
+        url: t.url.clone(),
+    };
+    let mut altered = wire.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 0x01;
+    let unsigned = [
+        (batch(&impostor, &recs), 422, "wrong_signer"),
+        (altered, 422, "bad_signature"),
+        (b"garbage".to_vec(), 400, "malformed_batch"),
+    ];
     for (what, cert, code) in cases {
         set_certificate(&o, &t, &cert).await;
         let r = upload(&o, &t, wire.clone()).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.json());
         r.refused(403, code);
+        for (body, status, code) in &unsigned {
+            upload(&o, &t, body.clone()).await.refused(*status, code);
+        }
         assert_eq!(stored(&o).await, before, "{what}: something was stored");
     }
     // A certificate that allows transit only: the welfare record is refused, naming it.

@@ -571,8 +571,10 @@ where
             ExchangeError::Status(sw::SECURITY_STATUS) => CardError::Status {
                 step: "DEBIT",
                 sw: sw::SECURITY_STATUS,
-                meaning: "the card refused a debit other than the one this session's signed \
-                          request announced (altered on the way?)",
+                meaning: "the card refused a debit that differs from the one this session's \
+                          signed request announced (altered between this tool and the card?); \
+                          nothing was debited: tap the card again, and if this repeats, stop \
+                          using this reader and report it",
             },
             other => card_err("DEBIT", other),
         })?;
@@ -851,6 +853,89 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(f.card.applet().balance(), Some(25));
+    }
+
+    /// How a relay rewrites a DEBIT command.
+    type Alteration = fn(&mut DebitRequest);
+
+    /// A relay between the tool and the card that rewrites the DEBIT command after the signed
+    /// tap request (which announced the debit) has gone through.
+    struct AlteringRelay<'a> {
+        card: &'a mut InMemoryCard<TestRng>,
+        alter: Alteration,
+        altered: u32,
+    }
+
+    impl Transport for AlteringRelay<'_> {
+        type Error = <InMemoryCard<TestRng> as Transport>::Error;
+
+        fn transceive(
+            &mut self,
+            command: &[u8],
+            response: &mut [u8],
+        ) -> Result<usize, Self::Error> {
+            if command.get(1) != Some(&INS_DEBIT) {
+                return self.card.transceive(command, response);
+            }
+            // A short APDU: header, Lc, data, Le.
+            let lc = usize::from(command[4]);
+            let mut req: DebitRequest = decode_versioned(&command[5..5 + lc]).unwrap();
+            (self.alter)(&mut req);
+            let data = encode_versioned(&req);
+            let mut cmd = command[..4].to_vec();
+            cmd.push(u8::try_from(data.len()).unwrap());
+            cmd.extend_from_slice(&data);
+            cmd.extend_from_slice(&command[5 + lc..]);
+            self.altered += 1;
+            self.card.transceive(&cmd, response)
+        }
+    }
+
+    #[test]
+    fn a_debit_altered_after_the_announcement_is_refused_and_nothing_is_debited() {
+        let mut f = fixture();
+        let mut req = request(Service::Welfare);
+        req.debit = Some(15);
+        req.read_balance = true;
+        let alterations: [(&str, Alteration); 2] = [
+            ("amount", |r| r.amount = 30),
+            ("reference", |r| r.reference[0] ^= 1),
+        ];
+        for (what, alter) in alterations {
+            let mut relay = AlteringRelay {
+                card: &mut f.card,
+                alter,
+                altered: 0,
+            };
+            let err = tap(&mut relay, &f.terminal, &f.terminal_cert, None, &req).unwrap_err();
+            assert_eq!(relay.altered, 1, "{what}: the relay saw no DEBIT");
+            assert!(
+                matches!(
+                    err,
+                    CardError::Status {
+                        step: "DEBIT",
+                        sw: sw::SECURITY_STATUS,
+                        ..
+                    }
+                ),
+                "{what}: {err:?}"
+            );
+            let m = err.to_string();
+            for part in [
+                "the card refused DEBIT with status 6982",
+                "differs from the one this session's signed request announced",
+                "nothing was debited",
+                "tap the card again",
+                "stop using this reader",
+            ] {
+                assert!(m.contains(part), "{what}: {part:?} not in {m:?}");
+            }
+        }
+        // Read back through a fresh tap: the purse is as personalized, with no debit counted.
+        req.debit = None;
+        let r = tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &req).unwrap();
+        assert_eq!(r.balance, Some((40, 0)));
+        assert_eq!(f.card.applet().balance(), Some(40));
     }
 
     #[test]

@@ -21,7 +21,10 @@ use shared_crypto::model::StatusListBody;
 use shared_crypto::status_list::StatusListEncoder;
 use terminal_core::testkit::Authority;
 
-/// Vectors in the Wycheproof file (its `numberOfTests`); the image checks it ran this many.
+/// Vectors in the Wycheproof file `ecdsa_secp256r1_sha256_p1363_test.json` (its
+/// `numberOfTests`): the one place of this crate that states the count. The build fails when the
+/// file holds another number; the image gets it in `wycheproof_p256.rs` and checks it ran this
+/// many.
 const WYCHEPROOF_VECTORS: usize = 262;
 
 /// The seed of the image's demo authority (`Authority::new` in `src/main.rs` takes it from the
@@ -171,6 +174,14 @@ fn main() {
         manifest.join("../../../shared/vectors/wycheproof/ecdsa_secp256r1_sha256_p1363_test.json");
     println!("cargo:rerun-if-changed={}", path.display());
     fs::write(out.join("wycheproof_p256.bin"), wycheproof_table(&path)).expect("write table");
+    fs::write(
+        out.join("wycheproof_p256.rs"),
+        format!(
+            "/// Vectors in the Wycheproof table (build.rs refuses to build without all of them).\n\
+             const WYCHEPROOF_VECTORS: u32 = {WYCHEPROOF_VECTORS};\n"
+        ),
+    )
+    .expect("write the vector count");
 
     let (wire, consts) = status_list();
     fs::write(out.join("status_list_38m.bin"), wire).expect("write the status list");

@@ -58,7 +58,19 @@ pub struct SlotHeader {
 }
 
 impl SlotHeader {
-    fn encode(&self) -> [u8; SLOT_HEADER_LEN] {
+    /// The truncated SHA-256 of `payload`, as [`SlotHeader::digest`] holds it.
+    pub fn digest_of(payload: &[u8]) -> [u8; 16] {
+        let d = sha256_parts(&[payload]);
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&d[..16]);
+        digest
+    }
+
+    /// The header as it is written to bytes `0..64` of a slot (layout in the module
+    /// documentation): magic, fields, `FF` filler and the CRC over bytes `0..60`. A slot whose
+    /// first bytes are these, followed by a payload matching `payload_len` and `digest`, mounts
+    /// with this header in force (if its generation is the newer and `kind` is the pair's).
+    pub fn encode(&self) -> [u8; SLOT_HEADER_LEN] {
         let mut h = [0u8; SLOT_HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
         h[4] = self.kind;
@@ -75,7 +87,10 @@ impl SlotHeader {
         h
     }
 
-    fn decode(h: &[u8]) -> Option<Self> {
+    /// Reads a header from the first [`SLOT_HEADER_LEN`] bytes of `h`: `None` when they are
+    /// fewer, or the magic, the zero bytes or the CRC do not match. (Kind, view bounds and payload
+    /// digest are checked by [`SlotPair::mount`].)
+    pub fn decode(h: &[u8]) -> Option<Self> {
         let h: &[u8; SLOT_HEADER_LEN] = h.get(..SLOT_HEADER_LEN)?.try_into().ok()?;
         let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
@@ -246,8 +261,7 @@ impl<F: NorFlash + MappedFlash> SlotPair<F> {
         if h.kind != kind as u8 || view_end > h.payload_len {
             return None;
         }
-        let digest = sha256_parts(&[payload]);
-        (digest[..16] == h.digest).then_some(h)
+        (SlotHeader::digest_of(payload) == h.digest).then_some(h)
     }
 
     /// The header of the object in force.
@@ -353,9 +367,7 @@ impl<F: NorFlash + MappedFlash> SlotPair<F> {
             .mapped()
             .get(SLOT_HEADER_LEN..SLOT_HEADER_LEN + payload_len as usize)
             .ok_or(SlotError::TooLarge)?;
-        let d = sha256_parts(&[payload]);
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&d[..16]);
+        let digest = SlotHeader::digest_of(payload);
         let header = SlotHeader {
             kind: self.kind as u8,
             generation,

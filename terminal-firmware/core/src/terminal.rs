@@ -428,6 +428,13 @@ struct Recent {
     companion_used: bool,
 }
 
+/// How long an interrupted debit is kept for its card's retry, in seconds. A holder whose card
+/// left the field taps again within moments; a kept debit costs every other card's welfare tap
+/// of its amount a second session, and holds the one slot a later interruption would need. A
+/// card back after this is debited afresh: if the interrupted DEBIT had completed, it paid
+/// twice, and the office sees the lost receipt as a gap in the card's receipt counters.
+pub const PENDING_DEBIT_KEPT_S: u64 = 600;
+
 #[derive(Clone, Copy, Debug)]
 struct PendingDebit {
     serial: CardSerial,
@@ -651,89 +658,108 @@ where
             }
         }
 
-        // 1. SELECT: the card says nothing about its holder yet.
-        let mut sel = [0u8; 64];
-        let n = match exchange(
-            card,
-            CLA_ISO,
-            INS_SELECT,
-            0x04,
-            0x00,
-            &apdu::AID,
-            true,
-            &mut sel,
-            &mut self.stats,
-        ) {
-            Ok(n) => n,
-            Err(ExchangeError::Status(sw::BLOCKED)) => return Err(Reason::CardBlocked),
-            Err(ExchangeError::Transport(_)) => return Err(Reason::NoCard),
-            Err(_) => return Err(Reason::NotOurCard),
-        };
-        let select: SelectResponse = decode_versioned(&sel[..n]).map_err(|_| Reason::NotOurCard)?;
-        match select.life_cycle {
-            LifeCycle::Personalized => {}
-            LifeCycle::Blocked => return Err(Reason::CardBlocked),
-            LifeCycle::Blank => return Err(Reason::NotOurCard),
-        }
-
-        // 2. TERMINAL AUTHENTICATE: our certificate and a request signed over the card challenge.
         // Welfare: the debit goes into the signed request, since the card debits nothing else
         // (docs/protocol-card.md §3). The card is not known yet, so an interrupted debit of the
         // same amount is announced again under its reference: the card that completed it
-        // answers with its stored receipt instead of debiting twice.
-        let debit = match request {
-            ServiceRequest::Welfare { amount } => Some(self.debit_intent(amount)),
+        // answers with its stored receipt instead of debiting twice. When another card answers
+        // that announcement, its session is dropped before DEBIT and a second one announces a
+        // fresh debit: the interrupted reference is left to its own card (its stored receipt stays
+        // the one it can show), and the other card is debited under a reference of its own.
+        let mut debit = match request {
+            ServiceRequest::Welfare { amount } => Some(self.debit_intent(amount, now)),
             _ => None,
         };
-        let mut terminal_nonce = [0u8; NONCE_LEN];
-        self.rng.fill_bytes(&mut terminal_nonce);
-        let req = TapRequestBody {
-            terminal_nonce,
-            service,
-            requested: requested_attributes(service),
-            time: now,
-            debit: debit.map(|a| a.intent),
-        };
+        let mut sel = [0u8; 64];
         let mut req_buf = [0u8; 64];
-        let req_body =
-            encode_versioned_into(&req, &mut req_buf).map_err(|_| Reason::TerminalRejected)?;
-        let request_env = sign_body(
-            &self.signer,
-            Domain::TapRequest,
-            &select.challenge,
-            req_body,
-        )
-        .map_err(|_| Reason::TerminalRejected)?;
-        let terminal_cert =
-            Signed::decode(&self.cert[..self.cert_len]).map_err(|_| Reason::TerminalRejected)?;
-        let auth = TerminalAuth {
-            terminal_cert,
-            request: request_env,
-        };
         let mut auth_buf = [0u8; MAX_CERT_LEN + 160];
-        let auth_data =
-            encode_versioned_into(&auth, &mut auth_buf).map_err(|_| Reason::TerminalRejected)?;
         let mut rsp = [0u8; MAX_TAP_RESPONSE];
-        let n = match exchange(
-            card,
-            CLA_PROPRIETARY,
-            INS_TERMINAL_AUTHENTICATE,
-            0,
-            0,
-            auth_data,
-            true,
-            &mut rsp,
-            &mut self.stats,
-        ) {
-            Ok(n) => n,
-            Err(ExchangeError::Transport(_)) => return Err(Reason::NoCard),
-            Err(ExchangeError::Status(sw::SECURITY_STATUS)) => {
-                return Err(Reason::TerminalRejected)
+        // At most two sessions: the second announces a fresh debit, so it is never dropped.
+        let (n, transcript) = loop {
+            // 1. SELECT: the card says nothing about its holder yet.
+            let n = match exchange(
+                card,
+                CLA_ISO,
+                INS_SELECT,
+                0x04,
+                0x00,
+                &apdu::AID,
+                true,
+                &mut sel,
+                &mut self.stats,
+            ) {
+                Ok(n) => n,
+                Err(ExchangeError::Status(sw::BLOCKED)) => return Err(Reason::CardBlocked),
+                Err(ExchangeError::Transport(_)) => return Err(Reason::NoCard),
+                Err(_) => return Err(Reason::NotOurCard),
+            };
+            let select: SelectResponse =
+                decode_versioned(&sel[..n]).map_err(|_| Reason::NotOurCard)?;
+            match select.life_cycle {
+                LifeCycle::Personalized => {}
+                LifeCycle::Blocked => return Err(Reason::CardBlocked),
+                LifeCycle::Blank => return Err(Reason::NotOurCard),
             }
-            Err(ExchangeError::Status(sw::BLOCKED)) => return Err(Reason::CardBlocked),
-            Err(_) => return Err(Reason::NotOurCard),
+
+            // 2. TERMINAL AUTHENTICATE: our certificate and a request signed over the card
+            // challenge, with the debit announced (welfare).
+            let mut terminal_nonce = [0u8; NONCE_LEN];
+            self.rng.fill_bytes(&mut terminal_nonce);
+            let req = TapRequestBody {
+                terminal_nonce,
+                service,
+                requested: requested_attributes(service),
+                time: now,
+                debit: debit.map(|a| a.intent),
+            };
+            let req_body =
+                encode_versioned_into(&req, &mut req_buf).map_err(|_| Reason::TerminalRejected)?;
+            let request_env = sign_body(
+                &self.signer,
+                Domain::TapRequest,
+                &select.challenge,
+                req_body,
+            )
+            .map_err(|_| Reason::TerminalRejected)?;
+            let terminal_cert = Signed::decode(&self.cert[..self.cert_len])
+                .map_err(|_| Reason::TerminalRejected)?;
+            let auth = TerminalAuth {
+                terminal_cert,
+                request: request_env,
+            };
+            let auth_data = encode_versioned_into(&auth, &mut auth_buf)
+                .map_err(|_| Reason::TerminalRejected)?;
+            let n = match exchange(
+                card,
+                CLA_PROPRIETARY,
+                INS_TERMINAL_AUTHENTICATE,
+                0,
+                0,
+                auth_data,
+                true,
+                &mut rsp,
+                &mut self.stats,
+            ) {
+                Ok(n) => n,
+                Err(ExchangeError::Transport(_)) => return Err(Reason::NoCard),
+                Err(ExchangeError::Status(sw::SECURITY_STATUS)) => {
+                    return Err(Reason::TerminalRejected)
+                }
+                Err(ExchangeError::Status(sw::BLOCKED)) => return Err(Reason::CardBlocked),
+                Err(_) => return Err(Reason::NotOurCard),
+            };
+            let transcript = transcript_hash(&select.challenge, auth_data);
+            if let Some(Announced {
+                intent,
+                retry_of: Some(p),
+            }) = debit
+            {
+                if answered_by_another(&rsp[..n], &p.serial) {
+                    debit = Some(self.fresh_intent(intent.amount));
+                    continue;
+                }
+            }
+            break (n, transcript);
         };
-        let transcript = transcript_hash(&select.challenge, auth_data);
 
         // 3. The answer. Its body must be decoded before its signature can be checked (the card
         // key is inside the credential); nothing of it is used before both signatures verified.
@@ -909,8 +935,15 @@ where
     }
 
     /// The debit to announce for `amount`: the interrupted one of the same amount again (and
-    /// it), or a fresh reference.
-    fn debit_intent(&mut self, amount: u32) -> Announced {
+    /// it), or a fresh reference. An interrupted debit older than [`PENDING_DEBIT_KEPT_S`] is
+    /// given up first.
+    fn debit_intent(&mut self, amount: u32, now: u64) -> Announced {
+        if self
+            .pending_debit
+            .is_some_and(|p| now.saturating_sub(p.since) > PENDING_DEBIT_KEPT_S)
+        {
+            self.pending_debit = None;
+        }
         match self.pending_debit {
             Some(p) if p.amount == amount => Announced {
                 intent: DebitIntent {
@@ -919,14 +952,17 @@ where
                 },
                 retry_of: Some(p),
             },
-            _ => {
-                let mut reference = [0u8; NONCE_LEN];
-                self.rng.fill_bytes(&mut reference);
-                Announced {
-                    intent: DebitIntent { amount, reference },
-                    retry_of: None,
-                }
-            }
+            _ => self.fresh_intent(amount),
+        }
+    }
+
+    /// A debit of `amount` under a fresh reference.
+    fn fresh_intent(&mut self, amount: u32) -> Announced {
+        let mut reference = [0u8; NONCE_LEN];
+        self.rng.fill_bytes(&mut reference);
+        Announced {
+            intent: DebitIntent { amount, reference },
+            retry_of: None,
         }
     }
 
@@ -947,6 +983,12 @@ where
         // the interrupted session, so that receipt is no proof of the key in this one: the
         // transcript is checked first. (Also when another card answered: it could be a clone
         // holding the receipt of the card that was interrupted.)
+        //
+        // The one interrupted debit kept (`pending_debit`) belongs to its card: only that card's
+        // answer to its retry ends it. Other cards never reach DEBIT under its reference (their
+        // first session is dropped, see `decide`, so a retry here is always answered by its own
+        // card), and their own debits leave it in place.
+        let own_retry = retry_of.is_some_and(|p| p.serial == serial);
         let since = match retry_of {
             Some(p) => {
                 transcript.verify(&self.verifier)?;
@@ -956,15 +998,20 @@ where
                     now
                 }
             }
-            None => now,
+            None => {
+                if self
+                    .pending_debit
+                    .is_some_and(|p| p.serial == serial && p.amount == intent.amount)
+                {
+                    // Only reachable when the card that answered the retry's session as another
+                    // card answers the fresh session as the interrupted one: debiting it now
+                    // could debit it twice. Its next tap announces the retry again.
+                    transcript.verify(&self.verifier)?;
+                    return Err(Reason::DebitInterrupted);
+                }
+                now
+            }
         };
-        let pending = PendingDebit {
-            serial,
-            amount: intent.amount,
-            reference: intent.reference,
-            since,
-        };
-        self.pending_debit = Some(pending);
         // The card checks these against the signed intent and request time (6982 otherwise).
         let req = DebitRequest {
             amount: intent.amount,
@@ -991,9 +1038,27 @@ where
                 // certifies.
                 transcript.verify(&self.verifier)?;
                 if let ExchangeError::Transport(_) = e {
+                    // Kept for a retry, if no interrupted debit is kept yet. A retry interrupted
+                    // again keeps its debit as it is. One slot only (fixed memory): while it
+                    // holds another debit (of another card, or of this card for another
+                    // amount), this interruption is logged but not kept, and its card's next tap
+                    // is a fresh debit; if this DEBIT had completed, that card is debited twice
+                    // (the server sees the gap in its receipt counters). The kept debit is not
+                    // given up for a newer one: its card may already have paid it.
+                    if self.pending_debit.is_none() {
+                        self.pending_debit = Some(PendingDebit {
+                            serial,
+                            amount: intent.amount,
+                            reference: intent.reference,
+                            since,
+                        });
+                    }
                     return Err(Reason::DebitInterrupted);
                 }
-                self.pending_debit = None;
+                if own_retry {
+                    // The card refused the retried debit: it holds no receipt of it.
+                    self.pending_debit = None;
+                }
                 return Err(match e {
                     ExchangeError::Status(sw::CONDITIONS) => Reason::PurseEmpty,
                     ExchangeError::Status(sw::SECURITY_STATUS) => Reason::TerminalRejected,
@@ -1001,7 +1066,14 @@ where
                 });
             }
         };
-        self.pending_debit = None;
+        if self.pending_debit.is_some_and(|p| p.serial == serial) {
+            // The card answered the retry: with its stored receipt (the earlier debit completed)
+            // or a fresh one (it did not). Either way it is debited once. Or it completed a
+            // debit of another amount: the card remembers only its last debit, so it can no
+            // longer show the interrupted one's receipt, and keeping it would only cost every
+            // tap of that amount a second session.
+            self.pending_debit = None;
+        }
         let receipt_env = Signed::decode(&rsp[..n]).map_err(|_| Reason::Malformed)?;
         let receipt: ReceiptBody = verify::open(&self.verifier, &receipt_env, &[], card_key)
             .map_err(|e| match e {
@@ -1403,6 +1475,21 @@ fn signer_key<V: Verifier, E>(
     find_key(verifier, &bundle, key_id, Role::StatusSigner, now)
         .map(|(k, _, _)| k)
         .map_err(|_| UpdateError::UnknownSigner)
+}
+
+/// Whether the answer to TERMINAL AUTHENTICATE comes from a card other than `serial`, read
+/// from its credential before any signature is checked: that only chooses a fresh session, in
+/// which every check is made. An answer that does not decode is left to those checks.
+fn answered_by_another(answer: &[u8], serial: &CardSerial) -> bool {
+    let Ok(response) = Signed::decode(answer) else {
+        return false;
+    };
+    let Ok(body) = decode_versioned::<TapResponseBody<'_>>(response.body) else {
+        return false;
+    };
+    body.credential
+        .decode_trusted::<CredentialBody<'_>>()
+        .is_ok_and(|c| &c.card_serial != serial)
 }
 
 fn decode_rules(wire: &[u8]) -> Option<ServiceRulesBody> {

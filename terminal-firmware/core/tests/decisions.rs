@@ -6,7 +6,7 @@ mod common;
 
 use card_applet::sim::TestRng;
 use common::*;
-use shared_crypto::apdu::{Transport, INS_DEBIT};
+use shared_crypto::apdu::{Transport, INS_DEBIT, INS_SELECT};
 use shared_crypto::certno::{Category, Level};
 use shared_crypto::model::{
     decode_command, AttributeValue, DebitRequest, Entitlements, LogBatchBody, Outcome, Reason,
@@ -819,9 +819,10 @@ fn a_retry_answered_by_a_clone_holding_the_interrupted_receipt_is_refused() {
 
 #[test]
 fn a_retry_answered_by_another_card_is_a_fresh_debit() {
-    // Another holder taps for the same amount after an interrupted debit: the announced debit is
-    // the interrupted one (the card is not known when it is announced), and this card, which
-    // has no receipt of it, debits it now like any fresh debit.
+    // Another holder taps for the same amount after an interrupted debit: the first session
+    // announces the interrupted debit (the card is not known when it is announced); once the
+    // answer shows another card, that session is dropped before DEBIT and a second one debits
+    // this card like any fresh debit, under a reference of its own.
     let mut rig = Rig::new();
     let mut interrupted = rig.card(36, 39);
     let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
@@ -840,7 +841,10 @@ fn a_retry_answered_by_another_card_is_a_fresh_debit() {
     assert_decision(&d, Outcome::Accepted, Reason::Ok);
     assert_eq!(d.card_serial, Some([0xC0, 0, 0, 0, 0, 0, 0, 37]));
     let debit = d.debit.unwrap();
-    assert_eq!(debit.reference, lost.reference, "the retry was announced");
+    assert_ne!(
+        debit.reference, lost.reference,
+        "a fresh debit, not the retry"
+    );
     assert_eq!((debit.balance_after, debit.counter), (93, 1));
     assert_eq!(other.applet().balance(), Some(93));
     let receipt: ReceiptBody = Signed::decode(d.receipt().unwrap())
@@ -872,4 +876,252 @@ fn a_retry_answered_by_another_card_needs_a_receipt_of_this_session() {
         .t()
         .tap(&mut other, ServiceRequest::Welfare { amount: 7 });
     assert_no_debit(&mut rig, &d, Reason::Malformed);
+}
+
+/// The receipt an interrupted debit lost, opened under `card`'s key.
+fn open_lost(card: &card_applet::sim::InMemoryCard<TestRng>, lost: &[u8]) -> ReceiptBody {
+    Signed::decode(&lost[..lost.len() - 2])
+        .unwrap()
+        .open(&[], &card.applet().card_public_key().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn an_interrupted_debit_is_resolved_by_its_receipt_after_another_card_was_served() {
+    // The interrupted card had debited (its receipt was lost). Another holder is served in
+    // between, for the same amount and for another: the interrupted debit stays kept for its own
+    // card, which is then resolved by its stored receipt and not debited a second time.
+    let mut rig = Rig::new();
+    let mut interrupted = rig.card(40, 43);
+    let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
+    let lost_body = open_lost(&interrupted, &lost);
+    assert_eq!(interrupted.applet().balance(), Some(93), "the card debited");
+
+    let mut other = rig.card(41, 44);
+    for (amount, balance) in [(7, 93), (5, 88)] {
+        rig.clock().advance(120);
+        let d = rig.t().tap(&mut other, ServiceRequest::Welfare { amount });
+        assert_decision(&d, Outcome::Accepted, Reason::Ok);
+        assert_eq!(d.debit.unwrap().balance_after, balance);
+    }
+
+    rig.clock().advance(120);
+    let d = rig
+        .t()
+        .tap(&mut interrupted, ServiceRequest::Welfare { amount: 7 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(
+        d.receipt(),
+        Some(&lost[..lost.len() - 2]),
+        "resolved by the stored receipt"
+    );
+    assert_eq!(d.debit.unwrap().balance_after, 93);
+    assert_eq!(interrupted.applet().balance(), Some(93), "debited once");
+    assert_eq!(last_logged(&mut rig), (Outcome::Accepted, Reason::Ok, true));
+
+    // Resolved: the card's next purchase is a fresh debit.
+    rig.clock().advance(120);
+    let d = rig
+        .t()
+        .tap(&mut interrupted, ServiceRequest::Welfare { amount: 7 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_ne!(d.debit.unwrap().reference, lost_body.reference);
+    assert_eq!(interrupted.applet().balance(), Some(86));
+}
+
+#[test]
+fn other_cards_are_served_normally_while_an_interrupted_debit_is_kept() {
+    // Another card tapping again and again for the amount of the kept debit is debited each
+    // time (it is never handed the kept reference, whose stored receipt would make it pay
+    // nothing), and the interrupted card still gets its retry.
+    let mut rig = Rig::new();
+    let mut interrupted = rig.card(42, 45);
+    let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
+    let mut other = rig.card(43, 46);
+    for balance in [93, 86, 79] {
+        rig.clock().advance(120);
+        let d = rig
+            .t()
+            .tap(&mut other, ServiceRequest::Welfare { amount: 7 });
+        assert_decision(&d, Outcome::Accepted, Reason::Ok);
+        assert_eq!(d.debit.unwrap().balance_after, balance);
+        assert_eq!(other.applet().balance(), Some(balance));
+    }
+    rig.clock().advance(120);
+    let d = rig
+        .t()
+        .tap(&mut interrupted, ServiceRequest::Welfare { amount: 7 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(d.receipt(), Some(&lost[..lost.len() - 2]));
+    assert_eq!(interrupted.applet().balance(), Some(93));
+}
+
+#[test]
+fn a_second_interrupted_debit_does_not_displace_the_kept_one() {
+    // One interrupted debit is kept (fixed memory). A second card interrupted meanwhile is
+    // logged as interrupted but not kept; the first stays kept and is resolved by its receipt.
+    let mut rig = Rig::new();
+    let mut first = rig.card(44, 47);
+    let lost = interrupt_debit(&mut rig, &mut first, 7);
+    let mut second = rig.card(45, 48);
+    rig.clock().advance(120);
+    let lost_second = interrupt_debit(&mut rig, &mut second, 7);
+    assert_ne!(
+        open_lost(&second, &lost_second).reference,
+        open_lost(&first, &lost).reference,
+        "the second card was debited under a reference of its own"
+    );
+    rig.clock().advance(120);
+    let d = rig
+        .t()
+        .tap(&mut first, ServiceRequest::Welfare { amount: 7 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(d.receipt(), Some(&lost[..lost.len() - 2]));
+    assert_eq!(first.applet().balance(), Some(93), "debited once");
+}
+
+/// The first card for the first session of a tap, the second from the next SELECT on (as if
+/// one card left the field and another came between the two sessions of a tap).
+struct SwapAtSecondSelect<A, B> {
+    first: A,
+    second: B,
+    selects: u32,
+}
+
+impl<A: Transport, B: Transport> Transport for SwapAtSecondSelect<A, B> {
+    type Error = Lost;
+    fn transceive(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, Lost> {
+        if command[1] == INS_SELECT {
+            self.selects += 1;
+        }
+        if self.selects > 1 {
+            self.second.transceive(command, response).map_err(|_| Lost)
+        } else {
+            self.first.transceive(command, response).map_err(|_| Lost)
+        }
+    }
+}
+
+#[test]
+fn the_interrupted_card_is_not_debited_in_a_session_announcing_a_fresh_debit() {
+    // The retry's session is answered by another card, so the second session announces a fresh
+    // debit; if the interrupted card answers that one, it is not debited (that could debit it
+    // twice): "tap again", and its next tap is the retry.
+    let mut rig = Rig::new();
+    let mut interrupted = rig.card(46, 49);
+    let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
+    let mut other = rig.card(47, 50);
+    rig.clock().advance(120);
+    let mut swap = SwapAtSecondSelect {
+        first: &mut other,
+        second: &mut interrupted,
+        selects: 0,
+    };
+    let d = rig
+        .t()
+        .tap(&mut swap, ServiceRequest::Welfare { amount: 7 });
+    assert_eq!(swap.selects, 2, "two sessions");
+    assert_no_debit(&mut rig, &d, Reason::DebitInterrupted);
+    assert_eq!(d.card_serial, Some([0xC0, 0, 0, 0, 0, 0, 0, 46]));
+    assert_eq!(interrupted.applet().balance(), Some(93));
+    assert_eq!(other.applet().balance(), Some(100));
+    rig.clock().advance(120);
+    let d = rig
+        .t()
+        .tap(&mut interrupted, ServiceRequest::Welfare { amount: 7 });
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(d.receipt(), Some(&lost[..lost.len() - 2]));
+    assert_eq!(interrupted.applet().balance(), Some(93));
+}
+
+/// Counts the sessions (SELECTs) a tap opens.
+struct CountSelects<'a> {
+    inner: &'a mut card_applet::sim::InMemoryCard<TestRng>,
+    selects: u32,
+}
+
+impl Transport for CountSelects<'_> {
+    type Error = Lost;
+    fn transceive(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, Lost> {
+        if command[1] == INS_SELECT {
+            self.selects += 1;
+        }
+        self.inner.transceive(command, response).map_err(|_| Lost)
+    }
+}
+
+/// Taps `card` for `amount` and answers the decision and the sessions it took.
+fn counted_tap(
+    rig: &mut Rig,
+    card: &mut card_applet::sim::InMemoryCard<TestRng>,
+    amount: u32,
+) -> (terminal_core::Decision, u32) {
+    let mut counted = CountSelects {
+        inner: card,
+        selects: 0,
+    };
+    let d = rig
+        .t()
+        .tap(&mut counted, ServiceRequest::Welfare { amount });
+    (d, counted.selects)
+}
+
+#[test]
+fn an_interrupted_debit_is_given_up_once_its_card_pays_another_amount() {
+    // The card remembers only its last debit: once it completed one of another amount, it can no
+    // longer show the interrupted debit's receipt, so keeping it would only cost other cards a
+    // second session. Given up; the card's next tap for the first amount is a fresh debit.
+    let mut rig = Rig::new();
+    let mut interrupted = rig.card(48, 51);
+    let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
+    let mut other = rig.card(49, 52);
+    rig.clock().advance(60);
+    let (d, sessions) = counted_tap(&mut rig, &mut other, 7);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(sessions, 2, "kept: the retry was announced first");
+    rig.clock().advance(60);
+    let (d, _) = counted_tap(&mut rig, &mut interrupted, 5);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(interrupted.applet().balance(), Some(88));
+    rig.clock().advance(60);
+    let (d, sessions) = counted_tap(&mut rig, &mut other, 7);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(sessions, 1, "given up: no retry announced");
+    rig.clock().advance(60);
+    let (d, _) = counted_tap(&mut rig, &mut interrupted, 7);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_ne!(
+        d.debit.unwrap().reference,
+        open_lost(&interrupted, &lost).reference
+    );
+    assert_eq!(interrupted.applet().balance(), Some(81));
+}
+
+#[test]
+fn an_interrupted_debit_is_kept_for_ten_minutes() {
+    // Kept for PENDING_DEBIT_KEPT_S: at that age the retry is still announced (and resolves by
+    // the stored receipt); a second later it is given up and other cards' taps take one
+    // session again.
+    let mut rig = Rig::new();
+    let window = terminal_core::terminal::PENDING_DEBIT_KEPT_S;
+    let mut kept = rig.card(50, 53);
+    let lost = interrupt_debit(&mut rig, &mut kept, 7);
+    rig.clock().advance(window);
+    let (d, sessions) = counted_tap(&mut rig, &mut kept, 7);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(sessions, 1);
+    assert_eq!(d.receipt(), Some(&lost[..lost.len() - 2]), "still kept");
+    assert_eq!(kept.applet().balance(), Some(93));
+
+    let mut late = rig.card(51, 54);
+    let lost = interrupt_debit(&mut rig, &mut late, 7);
+    let mut other = rig.card(52, 55);
+    rig.clock().advance(window + 1);
+    let (d, sessions) = counted_tap(&mut rig, &mut other, 7);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(sessions, 1, "given up");
+    let (d, _) = counted_tap(&mut rig, &mut late, 7);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_ne!(d.receipt(), Some(&lost[..lost.len() - 2]), "a fresh debit");
+    assert_eq!(late.applet().balance(), Some(86));
 }

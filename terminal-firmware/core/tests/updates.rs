@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 use shared_crypto::model::{Outcome, Reason, Role};
-use shared_crypto::sig::sha256_parts;
 use shared_crypto::status_list::{StatusListError, StatusListView};
-use terminal_core::crc::crc32;
+use terminal_core::slots::{SlotHeader, SLOT_HEADER_LEN};
 use terminal_core::{ServiceRequest, UpdateError, UpdateKind};
 
 fn tap_revoked_index(rig: &mut Rig, index: u32) -> Reason {
@@ -387,10 +386,12 @@ fn a_list_whose_block_index_fails_at_mount_is_refused_at_every_tap() {
         let (_, status, _, _) = rig.t().partitions_mut();
         // The first commit of the status list went to slot 0.
         let slot = status[0].as_bytes_mut();
-        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        assert_eq!(&slot[..4], b"TSL1");
-        let payload_len = u32_at(slot, 12) as usize;
-        let (off, len) = (64 + u32_at(slot, 16) as usize, u32_at(slot, 20) as usize);
+        let mut header = SlotHeader::decode(slot).expect("a committed header");
+        let payload_len = header.payload_len as usize;
+        let (off, len) = (
+            SLOT_HEADER_LEN + header.view_off as usize,
+            header.view_len as usize,
+        );
         // A bit of the block index (after the list's 16-byte header) that `parse` refuses but
         // that a header-only view would still answer for index 20 (not revoked): trusting the
         // index would then accept or refuse the card on corrupt data.
@@ -403,10 +404,9 @@ fn a_list_whose_block_index_fails_at_mount_is_refused_at_every_tap() {
             })
             .expect("some bit of the block index is checked by parse only");
         slot[off + bit / 8] ^= 0x80 >> (bit % 8);
-        let digest = sha256_parts(&[&slot[64..64 + payload_len]]);
-        slot[40..56].copy_from_slice(&digest[..16]);
-        let crc = crc32(&[&slot[..60]]);
-        slot[60..64].copy_from_slice(&crc.to_le_bytes());
+        header.digest =
+            SlotHeader::digest_of(&slot[SLOT_HEADER_LEN..SLOT_HEADER_LEN + payload_len]);
+        slot[..SLOT_HEADER_LEN].copy_from_slice(&header.encode());
     }
     rig.reboot();
     assert_eq!(

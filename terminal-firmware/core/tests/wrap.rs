@@ -5,33 +5,52 @@
 //! object back in force and lost the newest log records.
 #![allow(clippy::unwrap_used)]
 
-use shared_crypto::sig::sha256_parts;
 use terminal_core::crc::crc32;
 use terminal_core::log::TapLog;
 use terminal_core::ram_flash::RamFlash;
-use terminal_core::slots::{SlotPair, SLOT_HEADER_LEN};
-use terminal_core::UpdateKind;
+use terminal_core::slots::{SlotHeader, SlotPair, SLOT_HEADER_LEN};
+use terminal_core::{MappedFlash, UpdateKind};
 
 type Flash = RamFlash<Vec<u8>, 4, 512>;
 
-/// A slot committed by someone at generation `generation` (layout: `slots.rs` documentation).
+/// A slot committed by someone at generation `generation`.
 fn committed_slot(generation: u32, payload: &[u8]) -> Flash {
+    let header = SlotHeader {
+        kind: UpdateKind::StatusList as u8,
+        generation,
+        payload_len: payload.len() as u32,
+        view_off: 0,
+        view_len: payload.len() as u32,
+        epoch: 9,
+        issued_at: 1,
+        digest: SlotHeader::digest_of(payload),
+    };
     let mut b = vec![0xFFu8; 1024];
-    b[0..4].copy_from_slice(b"TSL1");
-    b[4] = UpdateKind::StatusList as u8;
-    b[5..8].fill(0);
-    b[8..12].copy_from_slice(&generation.to_le_bytes());
-    b[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    b[16..20].copy_from_slice(&0u32.to_le_bytes());
-    b[20..24].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    b[24..32].copy_from_slice(&9u64.to_le_bytes());
-    b[32..40].copy_from_slice(&1u64.to_le_bytes());
-    b[40..56].copy_from_slice(&sha256_parts(&[payload])[..16]);
-    b[56..60].fill(0xFF);
-    let crc = crc32(&[&b[..60]]);
-    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b[..SLOT_HEADER_LEN].copy_from_slice(&header.encode());
     b[SLOT_HEADER_LEN..SLOT_HEADER_LEN + payload.len()].copy_from_slice(payload);
     Flash::new(b)
+}
+
+#[test]
+fn a_header_built_by_encode_is_the_one_a_commit_writes() {
+    // What the tests build with `SlotHeader::encode` is byte for byte what `SlotPair::commit`
+    // writes, and `decode` reads it back.
+    let erased = || Flash::erased(vec![0u8; 1024]);
+    let mut pair = SlotPair::mount([erased(), erased()], UpdateKind::StatusList);
+    pair.begin().unwrap();
+    pair.write(b"a list").unwrap();
+    assert_eq!(pair.staged().unwrap(), b"a list");
+    pair.commit(6, 1, 4, 3, 2).unwrap();
+    let written: [u8; SLOT_HEADER_LEN] = pair.slots()[0].mapped()[..SLOT_HEADER_LEN]
+        .try_into()
+        .unwrap();
+    let h = *pair.active().unwrap();
+    assert_eq!(h.encode(), written);
+    assert_eq!(SlotHeader::decode(&written), Some(h));
+    assert_eq!(h.digest, SlotHeader::digest_of(b"a list"));
+    let mut torn = written;
+    torn[20] ^= 1;
+    assert_eq!(SlotHeader::decode(&torn), None, "the CRC covers the fields");
 }
 
 #[test]

@@ -13,7 +13,9 @@ use shared_crypto::sig::sha256_parts;
 use terminal_core::verify::Key;
 use terminal_core::{P256Verifier, Verifier};
 
-/// Every test in the file (its `numberOfTests`); the m4 image checks the same count.
+/// Every test in `ecdsa_secp256r1_sha256_p1363_test.json` (its `numberOfTests`), the one place
+/// of this test that states the count: a truncated or replaced file fails here. The m4 image
+/// states the same count in its build.rs (no crate depends on another for it).
 const VECTORS: u64 = 262;
 
 fn vectors() -> serde_json::Value {

@@ -391,8 +391,12 @@ pub async fn pg_admin_connection(url: &str) -> Result<AnyConnection> {
 mod tests {
     use super::*;
 
+    /// Migrations that change the storage of SQLite only; their PostgreSQL file is a no-op.
+    const SQLITE_ONLY: &[&str] = &["0004_clustered.sql"];
+
     /// The two migration folders must say the same thing: the PostgreSQL file is the SQLite
-    /// file with the two documented spellings changed (comments aside).
+    /// file with the two documented spellings changed (comments aside), or, for a migration of
+    /// [`SQLITE_ONLY`], a statement that changes nothing.
     #[test]
     fn migrations_are_the_same_on_both_backends() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
@@ -417,6 +421,10 @@ mod tests {
         for name in names {
             let sqlite = std::fs::read_to_string(dir.join("sqlite").join(&name)).unwrap();
             let pg = std::fs::read_to_string(dir.join("postgres").join(&name)).unwrap();
+            if SQLITE_ONLY.iter().any(|n| name == *n) {
+                assert_eq!(strip(&pg), ["SELECT 1;"], "{name:?} is SQLite only");
+                continue;
+            }
             let translated = sqlite
                 .replace(
                     "INTEGER PRIMARY KEY",
@@ -425,6 +433,141 @@ mod tests {
                 .replace("BLOB", "BYTEA");
             assert_eq!(strip(&translated), strip(&pg), "{name:?} differs");
         }
+    }
+
+    /// Every tap, card row, index and foreign key of a database made before 0004 is there after
+    /// it, in the clustered tables (with foreign keys enforced, as the server runs it).
+    #[tokio::test]
+    async fn clustering_keeps_every_tap_and_card_row() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+        SQLITE_MIGRATIONS.run_to(3, &mut c).await.unwrap();
+        // Terminals and batches without their users: only what the taps refer to.
+        c.execute("PRAGMA foreign_keys = OFF").await.unwrap();
+        for t in 1..=3 {
+            c.execute(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO terminals (id, key_id, subject, public_key, services, region, \
+                 certificate, valid_until, created_by, created_at) VALUES ({t}, x'0{t}', 'T', \
+                 x'02', 15, 110105, x'00', 9, 1, 1); INSERT INTO log_batches (id, terminal_id, \
+                 first_seq, last_seq, terminal_time, wire, received_at) VALUES ({t}, {t}, 0, \
+                 99, 5, x'00', 6)"
+            )))
+            .await
+            .unwrap();
+        }
+        for i in 0..60 {
+            let t = i % 3 + 1;
+            let card = if i % 7 == 0 {
+                "NULL".to_owned()
+            } else {
+                format!("x'00000000000000{:02x}'", i % 11)
+            };
+            c.execute(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO taps (terminal_id, seq, time, service, outcome, reason, card_serial, \
+                 status_index, status_epoch, batch_id, record_hash, status_issued_at) VALUES \
+                 ({t}, {i}, {}, {}, {}, {}, {card}, {}, 3, {t}, {}, {})",
+                1_000 + i * 13 % 17,
+                i % 4,
+                i % 2,
+                i % 5,
+                if i % 3 == 0 {
+                    "NULL".to_owned()
+                } else {
+                    i.to_string()
+                },
+                if i % 5 == 0 {
+                    "NULL".to_owned()
+                } else {
+                    format!("x'{:064x}'", i)
+                },
+                if i % 6 == 0 {
+                    "NULL".to_owned()
+                } else {
+                    (900 + i).to_string()
+                },
+            )))
+            .await
+            .unwrap();
+        }
+        for k in 0..11 {
+            let last = if k == 4 {
+                "NULL, NULL, NULL".to_owned()
+            } else {
+                format!("{}, {}, {}", 1_000 + k, k % 3 + 1, k)
+            };
+            c.execute(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO card_points (card_serial, receipts, debited, top_counter, \
+                 top_balance, last_tap_time, last_tap_terminal, last_tap_seq) VALUES \
+                 (x'00000000000000{k:02x}', {k}, {}, {k}, {}, {last})",
+                k * 10,
+                100 - k
+            )))
+            .await
+            .unwrap();
+        }
+        async fn dump(c: &mut sqlx::AnyConnection, table: &str, key: &str) -> Vec<String> {
+            let columns: Vec<String> = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(
+                format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
+            ))
+            .fetch_all(&mut *c)
+            .await
+            .unwrap();
+            let row = columns
+                .iter()
+                .map(|n| format!("quote({n})"))
+                .collect::<Vec<_>>()
+                .join(" || '|' || ");
+            let mut out = vec![columns.join("|")];
+            out.extend(
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {row} FROM {table} ORDER BY {key}"
+                )))
+                .fetch_all(&mut *c)
+                .await
+                .unwrap(),
+            );
+            out
+        }
+        let taps = dump(&mut c, "taps", "terminal_id, seq").await;
+        let cards = dump(&mut c, "card_points", "card_serial").await;
+        assert_eq!((taps.len(), cards.len()), (61, 12));
+        c.execute("PRAGMA foreign_keys = ON").await.unwrap();
+        SQLITE_MIGRATIONS.run(&mut c).await.unwrap();
+        assert_eq!(dump(&mut c, "taps", "terminal_id, seq").await, taps);
+        assert_eq!(dump(&mut c, "card_points", "card_serial").await, cards);
+        for table in ["taps", "card_points"] {
+            let sql: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+            )))
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+            assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
+        }
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'taps' \
+             AND sql IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        assert_eq!(indexes, ["taps_by_card", "taps_by_time"]);
+        let references: Vec<String> =
+            sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('taps') ORDER BY 1")
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+        assert_eq!(references, ["log_batches", "terminals"]);
+        // Enforced: a tap of a terminal that does not exist is refused.
+        assert!(c
+            .execute(
+                "INSERT INTO taps (terminal_id, seq, time, service, outcome, reason, \
+                 status_epoch, batch_id) VALUES (99, 0, 1, 0, 0, 0, 1, 1)"
+            )
+            .await
+            .is_err());
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum Kind {
     CounterSeenTwice,
     /// Receipt counters of a card skip numbers: debits the office has not seen (yet).
     CounterGap,
+    /// A counter gap whose time window holds a debit a terminal logged as interrupted: the card
+    /// most likely completed that debit (its receipt was lost with the answer), so the holder
+    /// paid for a purchase the terminal refused. Evidence: the gap and the interrupted taps.
+    InterruptedDebitCompleted,
     /// A card's balances do not add up: a negative implied credit between consecutive
     /// receipts, or more implied credit than the vouchers granted.
     BalanceMismatch,
@@ -47,9 +51,10 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::CounterSeenTwice,
         Kind::CounterGap,
+        Kind::InterruptedDebitCompleted,
         Kind::BalanceMismatch,
         Kind::ImpossibleTravel,
         Kind::RevokedCardAccepted,
@@ -62,6 +67,7 @@ impl Kind {
         match self {
             Kind::CounterSeenTwice => "counter_seen_twice",
             Kind::CounterGap => "counter_gap",
+            Kind::InterruptedDebitCompleted => "interrupted_debit_completed",
             Kind::BalanceMismatch => "balance_mismatch",
             Kind::ImpossibleTravel => "impossible_travel",
             Kind::RevokedCardAccepted => "revoked_card_accepted",
@@ -138,6 +144,24 @@ pub async fn resolve(tx: &mut WriteTx, id: i64) -> Result<(), sqlx::Error> {
         .bind(id)
         .execute(tx.conn())
         .await?;
+    Ok(())
+}
+
+/// Marks the open anomaly of `kind` named `fingerprint` resolved, if there is one.
+pub async fn resolve_named(
+    tx: &mut WriteTx,
+    kind: Kind,
+    fingerprint: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE anomalies SET resolved_at = $1 WHERE kind = $2 AND fingerprint = $3 AND \
+         resolved_at IS NULL",
+    )
+    .bind(i64_of(crate::now()))
+    .bind(kind.name())
+    .bind(fingerprint)
+    .execute(tx.conn())
+    .await?;
     Ok(())
 }
 

@@ -950,7 +950,24 @@ async fn store(
 
     findings.extend(travel);
 
-    let anomalies = anomalies::record(&mut tx, backend, &findings).await?;
+    let mut anomalies = anomalies::record(&mut tx, backend, &findings).await?;
+    // Interrupted debits that completed on the card: for the cards with a new counter gap or a
+    // new interrupted tap (rare), now that both are stored.
+    let suspects: BTreeSet<[u8; 8]> = findings
+        .iter()
+        .filter(|f| f.kind == anomalies::Kind::CounterGap)
+        .filter_map(|f| f.card)
+        .chain(fresh.iter().filter_map(|&i| {
+            let r = &records[i];
+            (r.reason == Reason::DebitInterrupted)
+                .then_some(r.card)
+                .flatten()
+        }))
+        .collect();
+    if !suspects.is_empty() {
+        let lost = ledger::interrupted_debit_findings(&mut tx, up.id, &suspects).await?;
+        anomalies += anomalies::record(&mut tx, backend, &lost).await?;
+    }
     if fills_gap {
         resolve_sequence_gaps(&mut tx, up.id).await?;
     }

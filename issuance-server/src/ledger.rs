@@ -574,8 +574,8 @@ fn debit_of_row(row: &sqlx::any::AnyRow) -> ApiResult<Debit> {
 
 async fn resolve_counter_gaps(tx: &mut WriteTx, serial: &[u8; 8]) -> ApiResult<()> {
     let open = sqlx::query(
-        "SELECT id, evidence FROM anomalies WHERE kind = $1 AND card_serial = $2 AND \
-         resolved_at IS NULL",
+        "SELECT id, evidence, fingerprint FROM anomalies WHERE kind = $1 AND card_serial = $2 \
+         AND resolved_at IS NULL",
     )
     .bind(Kind::CounterGap.name())
     .bind(serial.to_vec())
@@ -598,9 +598,113 @@ async fn resolve_counter_gaps(tx: &mut WriteTx, serial: &[u8; 8]) -> ApiResult<(
         .await?;
         if present == to - from + 1 {
             anomalies::resolve(tx, id).await?;
+            // The receipt the gap lacked has come: no debit of it was lost.
+            let fingerprint: Option<String> = row.try_get("fingerprint")?;
+            if let Some(f) = fingerprint {
+                anomalies::resolve_named(tx, Kind::InterruptedDebitCompleted, &f).await?;
+            }
         }
     }
     Ok(())
+}
+
+/// Open counter gaps of `cards` whose time window holds a tap that a terminal logged as
+/// `debit_interrupted`: the card most likely completed that debit and its receipt was lost with
+/// the answer (a retry resolved by the stored receipt would have brought the receipt in), so
+/// the holder paid for a purchase the terminal refused. The window runs from the card's last
+/// stored receipt below the gap to its first above it; the lost receipt carries the
+/// interrupted session's time. Run after the batch's taps and gaps are stored, for the cards
+/// that have a new gap or a new interrupted tap, so that either order of arrival finds it.
+pub(crate) async fn interrupted_debit_findings(
+    tx: &mut WriteTx,
+    uploader: i64,
+    cards: &BTreeSet<[u8; 8]>,
+) -> ApiResult<Vec<Finding>> {
+    let mut out = Vec::new();
+    for serial in cards {
+        let card = hex::encode(serial);
+        let gaps = sqlx::query(
+            "SELECT evidence FROM anomalies WHERE kind = $1 AND card_serial = $2 AND \
+             resolved_at IS NULL",
+        )
+        .bind(Kind::CounterGap.name())
+        .bind(serial.to_vec())
+        .fetch_all(tx.conn())
+        .await?;
+        for gap in gaps {
+            let evidence: String = gap.try_get("evidence")?;
+            let Some((from, to)) = missing_range(&evidence) else {
+                continue;
+            };
+            let after: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(time) FROM receipts WHERE card_serial = $1 AND counter < $2",
+            )
+            .bind(serial.to_vec())
+            .bind(from)
+            .fetch_one(tx.conn())
+            .await?;
+            let before: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(time) FROM receipts WHERE card_serial = $1 AND counter > $2",
+            )
+            .bind(serial.to_vec())
+            .bind(to)
+            .fetch_one(tx.conn())
+            .await?;
+            let taps = sqlx::query(
+                "SELECT m.key_id, t.seq, t.time FROM taps t JOIN terminals m ON \
+                 m.id = t.terminal_id WHERE t.card_serial = $1 AND t.time >= $2 AND \
+                 t.time <= $3 AND t.reason = $4 ORDER BY t.time, t.terminal_id, t.seq",
+            )
+            .bind(serial.to_vec())
+            .bind(after.unwrap_or(0))
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(
+                shared_crypto::model::Reason::DebitInterrupted as u8,
+            ))
+            .fetch_all(tx.conn())
+            .await?;
+            if taps.is_empty() {
+                continue;
+            }
+            let mut listed = Vec::with_capacity(taps.len());
+            for t in &taps {
+                let key: [u8; 8] = crate::db::get_array(t, "key_id")?;
+                listed.push(serde_json::json!({
+                    "terminal": hex::encode(key),
+                    "seq": get_u64(t, "seq")?,
+                    "time": get_u64(t, "time")?,
+                }));
+            }
+            let first = &listed[0];
+            out.push(Finding {
+                kind: Kind::InterruptedDebitCompleted,
+                terminal_id: uploader,
+                card: Some(*serial),
+                detail: format!(
+                    "card {card}: the debit terminal {} logged as interrupted at {} most likely \
+                     completed on the card (purse counter {from}{} never reached the office): \
+                     the holder may have paid for a purchase that was refused; check with the \
+                     holder and refund (中断的扣分可能已在卡上完成，请核实并退还)",
+                    first["terminal"].as_str().unwrap_or_default(),
+                    first["time"],
+                    if to > from {
+                        format!(" to {to}")
+                    } else {
+                        String::new()
+                    }
+                ),
+                evidence: serde_json::json!({
+                    "missing_from": from,
+                    "missing_to": to,
+                    "receipt_before_time": after,
+                    "receipt_after_time": before,
+                    "interrupted_taps": listed,
+                }),
+                fingerprint: format!("{card}:{from}-{to}"),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A grant as the statement shows it.

@@ -22,6 +22,7 @@ both_backends!(
     replay_overlap_and_conflict,
     forged_receipts_refuse_the_whole_batch,
     counters_out_of_order_twice_and_with_gaps,
+    interrupted_debits_that_completed_on_the_card,
     balances_must_agree_with_grants,
     revoked_card_accepted_after_revocation,
     sequence_gaps_and_clock_drift,
@@ -501,6 +502,122 @@ async fn forged_receipts_refuse_the_whole_batch(o: Office) {
     let message = r.json()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("record seq 63:"), "{message}");
     assert_eq!(stored(&o).await, before);
+}
+
+async fn interrupted_debits_that_completed_on_the_card(o: Office) {
+    // A terminal logs a debit as interrupted (the card left the field before its answer came);
+    // the card's next receipt, elsewhere, shows the counter the lost answer had. The gap's time
+    // window holds the interrupted tap: the holder most likely paid for a refused purchase.
+    let s = o.staff().await;
+    let shop = terminal(&o, &s, "Shop", 110105, None).await;
+    let bank = terminal(&o, &s, "Time bank", 110105, None).await;
+    let (c, d, e) = (
+        card(&o, &s, 5).await,
+        card(&o, &s, 6).await,
+        card(&o, &s, 7).await,
+    );
+    let t = issuance_server::now() - 1_000;
+    let w = |seq, at: u64, card: &Card| Rec::tap(seq, at, Service::Welfare, card);
+    let paid = |seq, at: u64, card: &Card, term: &Term, counter: u32| {
+        w(seq, at, card).with_receipt(card.receipt_at(term, counter, 10, 100 - 10 * counter, at))
+    };
+    let interrupted = |seq, at: u64, card: &Card| {
+        w(seq, at, card).refused(Outcome::Refused, Reason::DebitInterrupted)
+    };
+    let a = accept(
+        &o,
+        &shop,
+        batch(
+            &shop,
+            &[
+                paid(0, t, &c, &shop, 1),
+                interrupted(1, t + 40, &c),
+                paid(2, t, &d, &shop, 1),
+                // After d's next receipt: not the debit its gap lacks.
+                interrupted(3, t + 70, &d),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(a["anomalies"], 0);
+    let a = accept(
+        &o,
+        &bank,
+        batch(
+            &bank,
+            &[
+                paid(0, t + 80, &c, &bank, 3),
+                paid(1, t + 50, &d, &bank, 3),
+                paid(2, t, &e, &bank, 1),
+                paid(3, t + 80, &e, &bank, 3),
+            ],
+        ),
+    )
+    .await;
+    // Three gaps (counter 2 of each card), and c's interrupted debit.
+    assert_eq!(a["anomalies"], 4);
+    assert_eq!(anomalies(&o, &s, "?kind=counter_gap").await.len(), 3);
+    let found = anomalies(&o, &s, "?kind=interrupted_debit_completed").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let f = &found[0];
+    assert_eq!(f["card_serial"], c.hex());
+    assert_eq!(
+        f["terminal"],
+        hex::encode(bank.key_id),
+        "shown by the bank's upload"
+    );
+    assert_eq!(
+        f["evidence"],
+        json!({
+            "missing_from": 2,
+            "missing_to": 2,
+            "receipt_before_time": t,
+            "receipt_after_time": t + 80,
+            "interrupted_taps": [{"terminal": hex::encode(shop.key_id), "seq": 1, "time": t + 40}],
+        })
+    );
+    let detail = f["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("refund") && detail.contains("退还"),
+        "{detail}"
+    );
+    assert!(f["resolved_at"].is_null());
+    // The other order: e's gap is stored first, its interrupted tap arrives afterwards.
+    let a = accept(&o, &shop, batch(&shop, &[interrupted(4, t + 30, &e)])).await;
+    assert_eq!(a["anomalies"], 1);
+    let found = anomalies(
+        &o,
+        &s,
+        &format!("?kind=interrupted_debit_completed&card={}", e.hex()),
+    )
+    .await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0]["evidence"]["interrupted_taps"],
+        json!([{"terminal": hex::encode(shop.key_id), "seq": 4, "time": t + 30}])
+    );
+    // Sent again, nothing is found twice.
+    let a = accept(&o, &shop, batch(&shop, &[interrupted(4, t + 30, &e)])).await;
+    assert_eq!(
+        (a["accepted"].clone(), a["anomalies"].clone()),
+        (json!(0), json!(0))
+    );
+    // c's lost receipt turns up (its holder tapped again and the card showed it): the gap and
+    // the suspicion are both resolved; e's stays open.
+    let a = accept(&o, &shop, batch(&shop, &[paid(5, t + 40, &c, &shop, 2)])).await;
+    assert_eq!(
+        (a["receipts"].clone(), a["anomalies"].clone()),
+        (json!(1), json!(0))
+    );
+    let found = anomalies(&o, &s, "?kind=interrupted_debit_completed").await;
+    let open: Vec<&Value> = found
+        .iter()
+        .filter(|f| f["resolved_at"].is_null())
+        .collect();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0]["card_serial"], e.hex());
+    let gaps = anomalies(&o, &s, &format!("?kind=counter_gap&card={}", c.hex())).await;
+    assert!(gaps[0]["resolved_at"].is_i64());
 }
 
 async fn counters_out_of_order_twice_and_with_gaps(o: Office) {

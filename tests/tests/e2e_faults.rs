@@ -148,6 +148,81 @@ fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
 }
 
 #[test]
+fn a_retry_after_the_card_paid_elsewhere_debits_twice_and_the_office_flags_it() -> Result<()> {
+    // The known limit of docs/protocol-card.md section 9, end to end: a debit torn after the card
+    // made it; the card then pays at another terminal; back at the first one, the retry finds a
+    // card that no longer remembers the torn debit, and it is debited again. The office sees
+    // the lost receipt's counter missing beside the interrupted tap and flags it for a refund.
+    let _pcsc = pcsc_session()?;
+    let office = Office::start()?;
+    let app = office.application()?;
+    let state = office.blank_card("purse")?;
+    let mut card = VirtualCard::insert(&state, 0, &[])?;
+    let done = json_of(&run_ok(&mut office.personalize_cmd(0, app)?)?)?;
+    let serial = done["card_serial"].as_str().context("serial")?.to_owned();
+    let reader = card.reader();
+    let shop = Terminal::ready(&office, "shop", "welfare")?;
+    let bank = Terminal::ready(&office, "bank", "welfare")?;
+    let shop_dir = DataDir::new(shop.path());
+    let mut at_shop = Sim::open(&shop_dir, SystemClock::system())?;
+    let before = at_shop.terminal().wire_stats().apdus;
+    let first = debit(&mut at_shop, &reader, 5)?;
+    ensure!(first.accepted(), "{first:?}");
+    let apdus = at_shop.terminal().wire_stats().apdus - before;
+    card.remove()?;
+    drop(card);
+    let tear = (apdus - 1).to_string();
+    let card = VirtualCard::insert(&state, 0, &["--tear-after", &tear, "--tear-mode", "after"])?;
+    let torn = debit(&mut at_shop, &reader, 7)?;
+    ensure!(
+        torn.outcome == Outcome::Refused && torn.reason == Reason::DebitInterrupted,
+        "{torn:?}"
+    );
+    let _ = wait_card(&reader, false, Duration::from_secs(2));
+    wait_card(&reader, true, Duration::from_secs(10))?;
+
+    // At the bank: a debit of its own, which the card now remembers instead of the shop's.
+    let bank_dir = DataDir::new(bank.path());
+    let mut at_bank = Sim::open(&bank_dir, SystemClock::system())?;
+    let mut paid = debit(&mut at_bank, &reader, 3)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while paid.reason == Reason::NoCard && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        paid = debit(&mut at_bank, &reader, 3)?;
+    }
+    ensure!(paid.accepted(), "{paid:?}\ncard log:\n{}", card.log());
+    let d = paid.debit.context("no debit")?;
+    ensure!((d.balance_after, d.counter) == (85, 3), "{d:?}");
+    // Back at the shop, within its ten minutes: the retry is debited a second time.
+    let again = debit(&mut at_shop, &reader, 7)?;
+    ensure!(again.accepted(), "{again:?}");
+    let d = again.debit.context("no debit")?;
+    ensure!((d.balance_after, d.counter) == (78, 4), "{d:?}");
+    drop((at_shop, at_bank));
+
+    shop.upload()?;
+    bank.upload()?;
+    let found = office.server.ok(
+        "GET",
+        "/api/v1/anomalies?kind=interrupted_debit_completed",
+        &office.admin,
+        None,
+    )?;
+    let found = found.as_array().context("a list")?;
+    ensure!(found.len() == 1, "{found:?}");
+    let f = &found[0];
+    ensure!(f["card_serial"] == serial.as_str(), "{f}");
+    // Counter 2 (the torn debit's receipt) never arrived; counter 3 came from the bank later,
+    // so the gap the shop's upload showed (2 to 3) is still open.
+    ensure!(f["evidence"]["missing_from"] == 2, "{f}");
+    let taps = f["evidence"]["interrupted_taps"]
+        .as_array()
+        .context("interrupted taps")?;
+    ensure!(taps.len() == 1, "{f}");
+    ensure!(f["resolved_at"].is_null(), "{f}");
+    Ok(())
+}
+#[test]
 fn the_server_killed_during_personalization_resumes_and_the_card_is_made_once() -> Result<()> {
     let _pcsc = pcsc_session()?;
     let mut office = Office::start()?;

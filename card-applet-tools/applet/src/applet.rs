@@ -130,21 +130,46 @@ enum Scp {
     Open(CardSession),
 }
 
+/// Debits whose receipts the purse keeps for a retry (docs/protocol-card.md, DEBIT): a terminal
+/// retrying an interrupted debit gets its stored receipt even when the card has paid elsewhere
+/// since, up to this many debits later.
+pub const RECENT_DEBITS: usize = 3;
+
+/// A debit the purse remembers: the terminal's reference and amount, and the receipt signed.
+#[derive(Clone, Copy, Debug)]
+struct Recent {
+    reference: [u8; NONCE_LEN],
+    amount: u32,
+    receipt_len: usize,
+    receipt: [u8; RECEIPT_MAX],
+}
+
 /// The purse record.
 #[derive(Clone, Copy, Debug)]
 struct Purse {
     balance: u32,
     counter: u32,
     voucher_seq: u32,
-    /// Reference and amount of the last debit, whose receipt is kept for a torn retry.
-    last: Option<([u8; NONCE_LEN], u32)>,
-    receipt_len: usize,
-    receipt: [u8; RECEIPT_MAX],
+    /// The last debits, newest first (`recent_len` of them).
+    recent: [Recent; RECENT_DEBITS],
+    recent_len: usize,
 }
 
-// Purse payload: gen u32 | balance u32 | counter u32 | voucher_seq u32 | has_last u8 |
-// reference [16] | amount u32 | receipt_len u16 | receipt.
-const PURSE_FIXED: usize = 4 + 4 + 4 + 4 + 1 + 16 + 4 + 2;
+// Purse payload: gen u32 | balance u32 | counter u32 | voucher_seq u32 | count u8 | then, newest
+// first, count times: reference [16] | amount u32 | receipt_len u16 | receipt. (Applet 1.0 kept
+// one debit in this layout with count 0 or 1; with 0 it wrote one all-zero entry, read as none.)
+const PURSE_HEAD: usize = 4 + 4 + 4 + 4 + 1;
+const RECENT_FIXED: usize = 16 + 4 + 2;
+/// Largest purse payload.
+const PURSE_MAX: usize = PURSE_HEAD + RECENT_DEBITS * (RECENT_FIXED + RECEIPT_MAX);
+const _: () = assert!(PURSE_MAX <= store::PURSE_CAPACITY);
+
+const NO_RECENT: Recent = Recent {
+    reference: [0u8; NONCE_LEN],
+    amount: 0,
+    receipt_len: 0,
+    receipt: [0u8; RECEIPT_MAX],
+};
 
 impl Purse {
     fn new(balance: u32) -> Self {
@@ -152,52 +177,74 @@ impl Purse {
             balance,
             counter: 0,
             voucher_seq: 0,
-            last: None,
-            receipt_len: 0,
-            receipt: [0u8; RECEIPT_MAX],
+            recent: [NO_RECENT; RECENT_DEBITS],
+            recent_len: 0,
         }
     }
 
-    fn encode(&self, gen: u32, out: &mut [u8; PURSE_FIXED + RECEIPT_MAX]) -> usize {
+    /// The remembered debit with `reference`, if any.
+    fn recent(&self, reference: &[u8; NONCE_LEN]) -> Option<&Recent> {
+        self.recent[..self.recent_len]
+            .iter()
+            .find(|r| &r.reference == reference)
+    }
+
+    /// Remembers a debit as the newest; the oldest is forgotten when all are taken.
+    fn remember(&mut self, debit: Recent) {
+        self.recent.copy_within(0..RECENT_DEBITS - 1, 1);
+        self.recent[0] = debit;
+        self.recent_len = (self.recent_len + 1).min(RECENT_DEBITS);
+    }
+
+    fn encode(&self, gen: u32, out: &mut [u8; PURSE_MAX]) -> usize {
         out[0..4].copy_from_slice(&gen.to_be_bytes());
         out[4..8].copy_from_slice(&self.balance.to_be_bytes());
         out[8..12].copy_from_slice(&self.counter.to_be_bytes());
         out[12..16].copy_from_slice(&self.voucher_seq.to_be_bytes());
-        let (has, reference, amount) = match self.last {
-            Some((r, a)) => (1, r, a),
-            None => (0, [0u8; NONCE_LEN], 0),
-        };
-        out[16] = has;
-        out[17..33].copy_from_slice(&reference);
-        out[33..37].copy_from_slice(&amount.to_be_bytes());
-        let n = self.receipt_len.min(RECEIPT_MAX);
-        out[37..39].copy_from_slice(&(n as u16).to_be_bytes());
-        out[39..39 + n].copy_from_slice(&self.receipt[..n]);
-        PURSE_FIXED + n
+        out[16] = self.recent_len as u8;
+        let mut at = PURSE_HEAD;
+        for r in &self.recent[..self.recent_len] {
+            let n = r.receipt_len.min(RECEIPT_MAX);
+            out[at..at + 16].copy_from_slice(&r.reference);
+            out[at + 16..at + 20].copy_from_slice(&r.amount.to_be_bytes());
+            out[at + 20..at + 22].copy_from_slice(&(n as u16).to_be_bytes());
+            out[at + 22..at + 22 + n].copy_from_slice(&r.receipt[..n]);
+            at += RECENT_FIXED + n;
+        }
+        at
     }
 
     /// Decodes a payload whose generation was already checked.
     fn decode(p: &[u8]) -> Option<Self> {
-        if p.len() < PURSE_FIXED {
+        let head = p.get(..PURSE_HEAD)?;
+        let u32_at =
+            |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let count = usize::from(head[16]);
+        if count > RECENT_DEBITS {
             return None;
         }
-        let u32_at = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
-        let n = u16::from_be_bytes([p[37], p[38]]) as usize;
-        if n > RECEIPT_MAX || p.len() != PURSE_FIXED + n {
-            return None;
+        let mut purse = Purse::new(u32_at(4));
+        purse.counter = u32_at(8);
+        purse.voucher_seq = u32_at(12);
+        let mut rest = &p[PURSE_HEAD..];
+        for _ in 0..count {
+            let fixed = rest.get(..RECENT_FIXED)?;
+            let n = usize::from(u16::from_be_bytes([fixed[20], fixed[21]]));
+            if n > RECEIPT_MAX {
+                return None;
+            }
+            let receipt = rest.get(RECENT_FIXED..RECENT_FIXED + n)?;
+            let mut r = NO_RECENT;
+            r.reference.copy_from_slice(&fixed[..16]);
+            r.amount = u32::from_be_bytes([fixed[16], fixed[17], fixed[18], fixed[19]]);
+            r.receipt_len = n;
+            r.receipt[..n].copy_from_slice(receipt);
+            purse.recent[purse.recent_len] = r;
+            purse.recent_len += 1;
+            rest = &rest[RECENT_FIXED + n..];
         }
-        let mut reference = [0u8; NONCE_LEN];
-        reference.copy_from_slice(&p[17..33]);
-        let mut receipt = [0u8; RECEIPT_MAX];
-        receipt[..n].copy_from_slice(&p[39..39 + n]);
-        Some(Purse {
-            balance: u32_at(4),
-            counter: u32_at(8),
-            voucher_seq: u32_at(12),
-            last: (p[16] == 1).then_some((reference, u32_at(33))),
-            receipt_len: n,
-            receipt,
-        })
+        let rest_ok = rest.is_empty() || (count == 0 && rest == [0u8; RECENT_FIXED]);
+        rest_ok.then_some(purse)
     }
 }
 
@@ -705,7 +752,7 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
     }
 
     fn commit_purse(&mut self, gen: u32, purse: &Purse) -> Result<(), Sw> {
-        let mut p = [0u8; PURSE_FIXED + RECEIPT_MAX];
+        let mut p = [0u8; PURSE_MAX];
         let n = purse.encode(gen, &mut p);
         store::commit(&mut self.store, RecordId::Purse, &p[..n]).map_err(mem)
     }
@@ -1010,18 +1057,17 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
         }
         let gen = self.generation()?;
         let mut purse = self.purse(gen)?.ok_or(isw::UNKNOWN)?;
-        if let Some((reference, amount)) = purse.last {
-            if reference == req.reference {
-                // A retry after tearing: the same receipt, no second debit.
-                if amount != req.amount {
-                    return Err(isw::WRONG_DATA);
-                }
-                let n = purse.receipt_len;
-                out.get_mut(..n)
-                    .ok_or(isw::UNKNOWN)?
-                    .copy_from_slice(&purse.receipt[..n]);
-                return Ok(n);
+        if let Some(done) = purse.recent(&req.reference) {
+            // A retry after tearing (also after debits elsewhere since): the same receipt, no
+            // second debit.
+            if done.amount != req.amount {
+                return Err(isw::WRONG_DATA);
             }
+            let n = done.receipt_len;
+            out.get_mut(..n)
+                .ok_or(isw::UNKNOWN)?
+                .copy_from_slice(&done.receipt[..n]);
+            return Ok(n);
         }
         if purse.balance < req.amount || purse.counter == u32::MAX {
             return Err(isw::CONDITIONS);
@@ -1045,9 +1091,12 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
             .len();
         purse.balance = body.balance_after;
         purse.counter = body.counter;
-        purse.last = Some((req.reference, req.amount));
-        purse.receipt = receipt;
-        purse.receipt_len = n;
+        purse.remember(Recent {
+            reference: req.reference,
+            amount: req.amount,
+            receipt_len: n,
+            receipt,
+        });
         // The one write of a debit: balance, counter and receipt change together.
         self.commit_purse(gen, &purse)?;
         out.get_mut(..n)
@@ -1358,5 +1407,86 @@ impl<S: Store, R: CryptoRng> Card<S, R> {
         self.close_scp = true;
         self.challenge = None;
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn debit(reference: u8, amount: u32, len: usize) -> Recent {
+        let mut r = NO_RECENT;
+        r.reference = [reference; NONCE_LEN];
+        r.amount = amount;
+        r.receipt_len = len;
+        r.receipt[..len].fill(reference);
+        r
+    }
+
+    #[test]
+    fn the_purse_keeps_its_last_three_debits_newest_first() {
+        let mut p = Purse::new(100);
+        p.counter = 4;
+        p.voucher_seq = 2;
+        let mut out = [0u8; PURSE_MAX];
+        for (i, reference) in [1u8, 2, 3, 4].into_iter().enumerate() {
+            p.remember(debit(reference, u32::from(reference) * 10, 120 + i));
+            let n = p.encode(9, &mut out);
+            let q = Purse::decode(&out[..n]).unwrap();
+            assert_eq!(q.recent_len, (i + 1).min(RECENT_DEBITS));
+            assert_eq!((q.balance, q.counter, q.voucher_seq), (100, 4, 2));
+            for (a, b) in q.recent[..q.recent_len].iter().zip(&p.recent) {
+                assert_eq!(
+                    (a.reference, a.amount, a.receipt_len),
+                    (b.reference, b.amount, b.receipt_len)
+                );
+                assert_eq!(a.receipt[..a.receipt_len], b.receipt[..b.receipt_len]);
+            }
+        }
+        // Newest first; the first debit is forgotten.
+        let refs: Vec<u8> = p.recent.iter().map(|r| r.reference[0]).collect();
+        assert_eq!(refs, [4, 3, 2]);
+        assert!(p.recent(&[1; NONCE_LEN]).is_none());
+        assert_eq!(p.recent(&[2; NONCE_LEN]).unwrap().amount, 20);
+        // The largest purse fits its record.
+        let mut full = Purse::new(0);
+        for r in 0..3 {
+            full.remember(debit(r, 1, RECEIPT_MAX));
+        }
+        assert_eq!(full.encode(1, &mut out), PURSE_MAX);
+    }
+
+    #[test]
+    fn purses_of_applet_1_0_decode() {
+        // One debit kept: the layout with count 1.
+        let mut v1 = Vec::new();
+        for v in [7u32, 480, 1, 0] {
+            v1.extend_from_slice(&v.to_be_bytes());
+        }
+        v1.push(1);
+        v1.extend_from_slice(&[0x77; 16]);
+        v1.extend_from_slice(&20u32.to_be_bytes());
+        v1.extend_from_slice(&3u16.to_be_bytes());
+        v1.extend_from_slice(&[1, 2, 3]);
+        let p = Purse::decode(&v1).unwrap();
+        assert_eq!((p.balance, p.counter, p.recent_len), (480, 1, 1));
+        assert_eq!(p.recent(&[0x77; 16]).unwrap().receipt[..3], [1, 2, 3]);
+        // None kept: count 0 and one all-zero entry.
+        let mut none = v1[..16].to_vec();
+        none.push(0);
+        none.extend_from_slice(&[0; RECENT_FIXED]);
+        let p = Purse::decode(&none).unwrap();
+        assert_eq!(p.recent_len, 0);
+        // Anything else after the entries is refused, as are more entries than kept.
+        let mut extra = none.clone();
+        extra.push(0);
+        assert!(Purse::decode(&extra).is_none());
+        let mut many = v1[..16].to_vec();
+        many.push(RECENT_DEBITS as u8 + 1);
+        assert!(Purse::decode(&many).is_none());
+        assert!(Purse::decode(&v1[..v1.len() - 1]).is_none());
     }
 }

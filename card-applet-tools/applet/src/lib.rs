@@ -28,7 +28,8 @@
 //! StoreError> }` is raw non-volatile memory where a write may be torn by power loss; the applet
 //! keeps every record in two slots with a sequence number and a checksum, so a torn write leaves
 //! the old or the new value. [`RamStore`] (`new()`, `as_bytes() -> &[u8]`, `from_bytes(&[u8])`
-//! (exactly `RamStore::SIZE` = 3584 bytes), `cut_power_at(n, torn_bytes)`, `restore_power()`,
+//! (`RamStore::SIZE` = 4352 bytes, or an applet 1.0 image of 3584, moved to this layout),
+//! `cut_power_at(n, torn_bytes)`, `restore_power()`,
 //! `power_lost()`, `writes()`; `Clone`) is the RAM-backed store with a power-cut injector.
 //!
 //! **Host side** ([`host`], `no_std`, generic over [`shared_crypto::apdu::Transport`]):

@@ -88,7 +88,11 @@ pub(crate) enum RecordId {
 }
 
 /// Payload capacities, indexed by record id.
-const CAPACITY: [usize; 8] = [64, 8, 80, 520, 648, 40, 200, 8];
+const CAPACITY: [usize; 8] = [64, 8, 80, 520, 648, 40, PURSE_CAPACITY, 8];
+
+/// Payload capacity of the purse record (its balance, counter and the receipts of its last
+/// debits, see the applet's `RECENT_DEBITS`).
+pub(crate) const PURSE_CAPACITY: usize = 568;
 
 /// Bytes of a slot header.
 pub(crate) const HEADER_LEN: usize = 16;
@@ -240,6 +244,29 @@ pub(crate) fn erase<S: Store + ?Sized>(store: &mut S, id: RecordId) -> Result<()
     store.write(id.slot_offset(1), &zero[..n])
 }
 
+/// Payload capacities of the first layout (applet 1.0): the purse was smaller.
+const V1_CAPACITY: [usize; 8] = [64, 8, 80, 520, 648, 40, 200, 8];
+
+/// Size of a [`RamStore`] image of the first layout.
+pub const V1_STORE_SIZE: usize = 3584;
+
+/// An image of the first layout in this one. A slot's header and check do not depend on where
+/// it lies, and every capacity is at least what it was, so each slot moves as it is; the rest
+/// stays erased.
+fn from_v1(image: &[u8]) -> [u8; RAM_STORE_SIZE] {
+    let mut mem = [0xFF; RAM_STORE_SIZE];
+    let mut from = 0;
+    for id in RecordId::ALL {
+        let old = HEADER_LEN + V1_CAPACITY[id as usize];
+        for slot in 0..2 {
+            let to = id.slot_offset(slot);
+            mem[to..to + old].copy_from_slice(&image[from..from + old]);
+            from += old;
+        }
+    }
+    mem
+}
+
 /// Size of a [`RamStore`] (the layout rounded up to 256 bytes).
 pub const RAM_STORE_SIZE: usize = LAYOUT_SIZE.div_ceil(256) * 256;
 
@@ -291,9 +318,15 @@ impl RamStore {
         &self.mem
     }
 
-    /// A store from a saved image of exactly [`RamStore::SIZE`] bytes.
+    /// A store from a saved image: of exactly [`RamStore::SIZE`] bytes, or of the first
+    /// layout's [`V1_STORE_SIZE`] (applet 1.0, whose purse kept one debit), whose slots are
+    /// moved to this layout's offsets.
     pub fn from_bytes(image: &[u8]) -> Result<Self, StoreError> {
-        let mem: [u8; RAM_STORE_SIZE] = image.try_into().map_err(|_| StoreError::BadImage)?;
+        let mem: [u8; RAM_STORE_SIZE] = if image.len() == V1_STORE_SIZE {
+            from_v1(image)
+        } else {
+            image.try_into().map_err(|_| StoreError::BadImage)?
+        };
         Ok(RamStore {
             mem,
             writes: 0,
@@ -405,13 +438,13 @@ mod tests {
             (0x0190, 0x03A8),
             (0x05C0, 0x0858),
             (0x0AF0, 0x0B28),
-            (0x0B60, 0x0C38),
-            (0x0D10, 0x0D28),
+            (0x0B60, 0x0DA8),
+            (0x0FF0, 0x1008),
         ];
         for (id, slots) in RecordId::ALL.iter().zip(expect) {
             assert_eq!((id.slot_offset(0), id.slot_offset(1)), slots, "{id:?}");
         }
-        assert_eq!(RAM_STORE_SIZE, 3584);
+        assert_eq!(RAM_STORE_SIZE, 4352);
     }
 
     #[test]
@@ -426,7 +459,7 @@ mod tests {
         }
         assert_eq!(s.writes(), 5);
         assert_eq!(
-            commit(&mut s, RecordId::Purse, &[0; 201]),
+            commit(&mut s, RecordId::Purse, &[0; PURSE_CAPACITY + 1]),
             Err(StoreError::TooLarge)
         );
     }

@@ -561,6 +561,53 @@ fn debit_flow_and_refusals() {
 /// A relay between an honest terminal and the card (docs/protocol-card.md §9, formerly a known
 /// limit): it cannot change what the genuine welfare session debits.
 #[test]
+fn a_retry_finds_any_of_the_last_three_debits() {
+    // A debit whose answer was lost, then debits elsewhere: while it is one of the card's last
+    // three, its retry gets the stored receipt and debits nothing; once three newer debits have
+    // pushed it out, the same announcement is a new debit (docs/protocol-card.md section 9).
+    let w = World::new();
+    let mut card = w.personalized_card(7);
+    let pk = card.applet().card_public_key().unwrap();
+    let debit = |card: &mut _, amount: u32, reference: u8| {
+        welfare_tap(&w, card, amount, [reference; 16], NOW).unwrap();
+        call(card, 0x30, &debit_data(amount, [reference; 16])).unwrap()
+    };
+    let lost = debit(&mut card, 10, 1);
+    assert_eq!(receipt(&pk, &lost).counter, 1);
+    let second = debit(&mut card, 20, 2);
+    let third = debit(&mut card, 30, 3);
+    assert_eq!(card.applet().balance(), Some(440));
+    // Each of the three answers its retry with its own receipt, in any order.
+    for (amount, reference, stored) in [(10, 1, &lost), (30, 3, &third), (20, 2, &second)] {
+        assert_eq!(
+            &debit(&mut card, amount, reference),
+            stored,
+            "debit {reference}"
+        );
+    }
+    assert_eq!(
+        (card.applet().balance(), card.applet().counter()),
+        (Some(440), Some(3))
+    );
+    // The same reference with another amount is refused, whichever debit it names.
+    welfare_tap(&w, &mut card, 11, [1; 16], NOW).unwrap();
+    assert_eq!(
+        status(call(&mut card, 0x30, &debit_data(11, [1; 16]))),
+        0x6A80
+    );
+    // A fourth debit forgets the first: announced again, it is debited again.
+    let fourth = debit(&mut card, 5, 4);
+    assert_eq!(receipt(&pk, &fourth).counter, 4);
+    let again = receipt(&pk, &debit(&mut card, 10, 1));
+    assert_eq!((again.counter, again.balance_after), (5, 425));
+    // Remembered now: that new debit, the fourth and the third; the second is gone too.
+    assert_eq!(debit(&mut card, 30, 3), third);
+    assert_eq!(card.applet().balance(), Some(425));
+    let gone = receipt(&pk, &debit(&mut card, 20, 2));
+    assert_eq!((gone.counter, gone.balance_after), (6, 405));
+}
+
+#[test]
 fn a_relay_cannot_change_the_debit_of_a_welfare_session() {
     let w = World::new();
     let mut card = w.personalized_card(14);

@@ -1066,12 +1066,11 @@ where
                 });
             }
         };
-        if self.pending_debit.is_some_and(|p| p.serial == serial) {
+        if own_retry {
             // The card answered the retry: with its stored receipt (the earlier debit completed)
-            // or a fresh one (it did not). Either way it is debited once. Or it completed a
-            // debit of another amount: the card remembers only its last debit, so it can no
-            // longer show the interrupted one's receipt, and keeping it would only cost every
-            // tap of that amount a second session.
+            // or a fresh one (it did not). Either way it is debited once. (A debit of another
+            // amount by that card leaves the retry kept: the card remembers its last three
+            // debits, so it can still show the interrupted one's receipt.)
             self.pending_debit = None;
         }
         let receipt_env = Signed::decode(&rsp[..n]).map_err(|_| Reason::Malformed)?;

@@ -1067,34 +1067,37 @@ fn counted_tap(
 }
 
 #[test]
-fn an_interrupted_debit_is_given_up_once_its_card_pays_another_amount() {
-    // The card remembers only its last debit: once it completed one of another amount, it can no
-    // longer show the interrupted debit's receipt, so keeping it would only cost other cards a
-    // second session. Given up; the card's next tap for the first amount is a fresh debit.
+fn an_interrupted_debit_stays_kept_when_its_card_pays_another_amount() {
+    // The interrupted card pays another amount here before its retry: the retry stays kept (other
+    // cards still take two sessions), and the card, which keeps the receipts of its last three
+    // debits, resolves it by the stored receipt: debited once.
     let mut rig = Rig::new();
     let mut interrupted = rig.card(48, 51);
     let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
-    let mut other = rig.card(49, 52);
-    rig.clock().advance(60);
-    let (d, sessions) = counted_tap(&mut rig, &mut other, 7);
-    assert_decision(&d, Outcome::Accepted, Reason::Ok);
-    assert_eq!(sessions, 2, "kept: the retry was announced first");
     rig.clock().advance(60);
     let (d, _) = counted_tap(&mut rig, &mut interrupted, 5);
     assert_decision(&d, Outcome::Accepted, Reason::Ok);
     assert_eq!(interrupted.applet().balance(), Some(88));
+    let mut other = rig.card(49, 52);
     rig.clock().advance(60);
     let (d, sessions) = counted_tap(&mut rig, &mut other, 7);
     assert_decision(&d, Outcome::Accepted, Reason::Ok);
-    assert_eq!(sessions, 1, "given up: no retry announced");
+    assert_eq!(sessions, 2, "still kept: the retry was announced first");
     rig.clock().advance(60);
-    let (d, _) = counted_tap(&mut rig, &mut interrupted, 7);
+    let (d, sessions) = counted_tap(&mut rig, &mut interrupted, 7);
     assert_decision(&d, Outcome::Accepted, Reason::Ok);
-    assert_ne!(
-        d.debit.unwrap().reference,
-        open_lost(&interrupted, &lost).reference
+    assert_eq!(sessions, 1);
+    assert_eq!(
+        d.receipt(),
+        Some(&lost[..lost.len() - 2]),
+        "the stored receipt"
     );
-    assert_eq!(interrupted.applet().balance(), Some(81));
+    assert_eq!(interrupted.applet().balance(), Some(88), "debited once");
+    // Resolved: other cards take one session again.
+    rig.clock().advance(60);
+    let (d, sessions) = counted_tap(&mut rig, &mut other, 7);
+    assert_decision(&d, Outcome::Accepted, Reason::Ok);
+    assert_eq!(sessions, 1);
 }
 
 #[test]

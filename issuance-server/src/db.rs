@@ -5,11 +5,13 @@
 //! and BLOB/BYTEA columns only, no backend-specific functions. The two migration folders differ
 //! in two spellings only (see `migrations/sqlite/0001_initial.sql`).
 //!
-//! Writers are serialized: on SQLite by an in-process gate plus `BEGIN IMMEDIATE` (so a
-//! transaction never has to upgrade its lock and fail with SQLITE_BUSY halfway), on PostgreSQL
-//! by locking the audit chain's head row first. Every writing transaction appends to the
-//! audit chain anyway, so it would serialize on the head at commit; taking the lock first makes
-//! the read-check-write logic of each request behave the same on both backends.
+//! Writers are serialized: within a process by an in-process gate on both backends (a writer
+//! waiting for its turn holds no connection and no open transaction); across processes on
+//! SQLite by `BEGIN IMMEDIATE` (so a transaction never has to upgrade its lock and fail with
+//! SQLITE_BUSY halfway), on PostgreSQL by locking the audit chain's head row first. Every
+//! writing transaction appends to the audit chain anyway, so it would serialize on the head at
+//! commit; taking the lock first makes the read-check-write logic of each request behave the
+//! same on both backends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,10 +199,10 @@ impl Db {
 
     /// Starts a writing transaction (see the module documentation).
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
-        let gate = match self.backend {
-            Backend::Sqlite => Some(self.gate.clone().lock_owned().await),
-            Backend::Postgres => None,
-        };
+        // Also on PostgreSQL, where the head's row lock alone would serialize writers: there the
+        // waiting ones held a pooled connection and an open transaction each (and sqlx logged
+        // each wait as a slow statement), and the row memo is brought up to date under the gate.
+        let gate = self.gate.clone().lock_owned().await;
         let mut tx = match self.backend {
             Backend::Sqlite => {
                 let writer = self.writer.as_ref().unwrap_or(&self.pool);
@@ -232,7 +234,7 @@ impl Db {
 /// A writing transaction: the change and its audit entries commit together or not at all.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
-    _gate: Option<OwnedMutexGuard<()>>,
+    _gate: OwnedMutexGuard<()>,
     head: Head,
     entries: Vec<AuditEntry>,
     row_memo: Arc<std::sync::Mutex<RowMemo>>,
@@ -315,7 +317,8 @@ impl WriteTx {
         let start = self.head;
         let end = audit::append(&mut self.tx, start, &entries).await?;
         let committed = self.tx.commit().await;
-        // Still holding the SQLite gate: the next writer sees the memo as this commit left it.
+        // Still holding the gate: the next writer of this process sees the memo as this commit
+        // left it.
         let mut memo = self.row_memo.lock().unwrap_or_else(|e| e.into_inner());
         if committed.is_err() {
             // Committed or not, nobody can tell: forget everything.

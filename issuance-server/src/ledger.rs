@@ -273,13 +273,9 @@ pub fn check_card(
             terminal_id: uploader,
             card: Some(*serial),
             detail: format!(
-                "card {card}: no receipt with purse counter {from}{} has reached the office \
+                "card {card}: no receipt with purse counter {} has reached the office \
                  (highest now {top_after})",
-                if to > from {
-                    format!(" to {to}")
-                } else {
-                    String::new()
-                }
+                counter_range(i64::from(from), i64::from(to))
             ),
             evidence: serde_json::json!({
                 "missing_from": from,
@@ -294,6 +290,15 @@ pub fn check_card(
     out.fills_below_top = before.top.is_some_and(|t| lowest < t);
     out.store = accepted.into_values().collect();
     out
+}
+
+/// `from`, or `from to to`, of a range of purse counters, as the anomalies' details say it.
+fn counter_range(from: i64, to: i64) -> String {
+    if to > from {
+        format!("{from} to {to}")
+    } else {
+        from.to_string()
+    }
 }
 
 /// The `missing_from`/`missing_to` of a gap anomaly's evidence.
@@ -682,16 +687,12 @@ pub(crate) async fn interrupted_debit_findings(
                 card: Some(*serial),
                 detail: format!(
                     "card {card}: the debit terminal {} logged as interrupted at {} most likely \
-                     completed on the card (purse counter {from}{} never reached the office): \
+                     completed on the card (purse counter {} never reached the office): \
                      the holder may have paid for a purchase that was refused; check with the \
                      holder and refund (中断的扣分可能已在卡上完成，请核实并退还)",
                     first["terminal"].as_str().unwrap_or_default(),
                     first["time"],
-                    if to > from {
-                        format!(" to {to}")
-                    } else {
-                        String::new()
-                    }
+                    counter_range(from, to)
                 ),
                 evidence: serde_json::json!({
                     "missing_from": from,

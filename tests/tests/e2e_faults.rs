@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use e2e_tests::proxy::{Action, Proxy};
 use e2e_tests::terminal::{decision, Terminal};
 use e2e_tests::{
-    json_of, pcsc_session, run_ok, run_output, wait_card, wait_until, Office, VirtualCard,
+    json_of, pcsc_session, run_ok, run_output, wait_card, wait_until, Office, PcscLock, VirtualCard,
 };
 use issuance_server::keys::RingSigner;
 use serde_json::Value;
@@ -51,9 +51,23 @@ fn debit(sim: &mut Sim, reader: &str, amount: u32) -> Result<Decision> {
     Ok(tap.decision)
 }
 
-#[test]
-fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
-    let _pcsc = pcsc_session()?;
+/// What the torn-debit tests share: a card personalized and paid 5 points at the shop (the debit's
+/// APDUs counted), then put back so that it carries out the next tap's DEBIT, of 7 points, and
+/// leaves the field before its answer does: the points are gone from the card, the terminal has no
+/// receipt. (Fields drop in order: the pcscd lock last.)
+struct TornDebit {
+    card: VirtualCard,
+    at_shop: Sim,
+    shop: Terminal,
+    office: Office,
+    serial: String,
+    reader: String,
+    first: Decision,
+    _pcsc: PcscLock,
+}
+
+fn torn_debit() -> Result<TornDebit> {
+    let pcsc = pcsc_session()?;
     let office = Office::start()?;
     let app = office.application()?;
     let state = office.blank_card("purse")?;
@@ -62,26 +76,20 @@ fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
     let serial = done["card_serial"].as_str().context("serial")?.to_owned();
     let reader = card.reader();
     let shop = Terminal::ready(&office, "shop", "welfare")?;
-
-    let dir = DataDir::new(shop.path());
-    let mut sim = Sim::open(&dir, SystemClock::system())?;
+    let mut at_shop = Sim::open(&DataDir::new(shop.path()), SystemClock::system())?;
     // A whole debit, counting its APDUs.
-    let before = sim.terminal().wire_stats().apdus;
-    let first = debit(&mut sim, &reader, 5)?;
+    let before = at_shop.terminal().wire_stats().apdus;
+    let first = debit(&mut at_shop, &reader, 5)?;
     ensure!(first.accepted(), "{first:?}");
-    let d1 = first.debit.context("no debit")?;
-    ensure!(d1.amount == 5 && d1.balance_after == 95, "{d1:?}");
-    let apdus = sim.terminal().wire_stats().apdus - before;
+    let apdus = at_shop.terminal().wire_stats().apdus - before;
     ensure!((3..=10).contains(&apdus), "a debit tap took {apdus} APDUs");
-
     // The card answers every APDU of the next tap but the last (DEBIT): that one it carries out,
-    // and it leaves the field before its answer does. The points are gone from the card; the
-    // terminal has no receipt.
+    // and it leaves the field before its answer does.
     card.remove()?;
     drop(card);
     let tear = (apdus - 1).to_string();
     let card = VirtualCard::insert(&state, 0, &["--tear-after", &tear, "--tear-mode", "after"])?;
-    let torn = debit(&mut sim, &reader, 7)?;
+    let torn = debit(&mut at_shop, &reader, 7)?;
     // (vpcd reports the vanished card as an empty answer, as some readers do; the terminal must
     // take that for an interrupted debit, not a malformed card.)
     ensure!(
@@ -91,19 +99,51 @@ fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
         torn.outcome
     );
     ensure!(torn.debit.is_none() && torn.receipt().is_none(), "{torn:?}");
+    // The card is away for a moment (pcscd may or may not notice), then back.
+    let _ = wait_card(&reader, false, Duration::from_secs(2));
+    wait_card(&reader, true, Duration::from_secs(10))?;
+    Ok(TornDebit {
+        card,
+        at_shop,
+        shop,
+        office,
+        serial,
+        reader,
+        first,
+        _pcsc: pcsc,
+    })
+}
+
+/// A welfare tap of `amount` at `sim`, tapped again while the reader reports no card (the holder
+/// taps until the reader answers).
+fn debit_when_present(sim: &mut Sim, reader: &str, amount: u32) -> Result<Decision> {
+    let mut d = debit(sim, reader, amount)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.reason == Reason::NoCard && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        d = debit(sim, reader, amount)?;
+    }
+    Ok(d)
+}
+
+#[test]
+fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
+    let TornDebit {
+        card,
+        mut at_shop,
+        shop,
+        office,
+        serial,
+        reader,
+        first,
+        _pcsc,
+    } = torn_debit()?;
+    let d1 = first.debit.context("no debit")?;
+    ensure!(d1.amount == 5 && d1.balance_after == 95, "{d1:?}");
 
     // The holder puts the card back: the terminal retries the same debit (same reference), and
     // the card answers with the receipt of the debit it already made instead of debiting again.
-    // The card is away for a moment (pcscd may or may not notice), then back; the holder taps
-    // until the reader answers.
-    let _ = wait_card(&reader, false, Duration::from_secs(2));
-    wait_card(&reader, true, Duration::from_secs(10))?;
-    let mut retry = debit(&mut sim, &reader, 7)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while retry.reason == Reason::NoCard && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        retry = debit(&mut sim, &reader, 7)?;
-    }
+    let retry = debit_when_present(&mut at_shop, &reader, 7)?;
     ensure!(retry.accepted(), "{retry:?}\ncard log:\n{}", card.log());
     let d2 = retry.debit.context("no debit")?;
     ensure!(
@@ -111,13 +151,13 @@ fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
         "debited twice? {d2:?} after {d1:?}"
     );
     // The next debit continues the purse's sequence.
-    let third = debit(&mut sim, &reader, 10)?;
+    let third = debit(&mut at_shop, &reader, 10)?;
     let d3 = third.debit.context("no debit")?;
     ensure!(
         d3.balance_after == 78 && d3.counter == d2.counter + 1,
         "{d3:?}"
     );
-    drop(sim);
+    drop(at_shop);
 
     // The card's purse, read by a terminal, agrees with the last receipt...
     let balance = json_of(&run_ok(
@@ -152,43 +192,21 @@ fn a_retry_after_the_card_paid_elsewhere_gets_the_stored_receipt() -> Result<()>
     // A debit torn after the card made it; the card then pays at another terminal; back at the
     // first one, the retry finds the torn debit among the card's last three and gets its stored
     // receipt: debited once, and the office holds every receipt with no gap and no anomaly.
-    let _pcsc = pcsc_session()?;
-    let office = Office::start()?;
-    let app = office.application()?;
-    let state = office.blank_card("purse")?;
-    let mut card = VirtualCard::insert(&state, 0, &[])?;
-    let done = json_of(&run_ok(&mut office.personalize_cmd(0, app)?)?)?;
-    let serial = done["card_serial"].as_str().context("serial")?.to_owned();
-    let reader = card.reader();
-    let shop = Terminal::ready(&office, "shop", "welfare")?;
+    let TornDebit {
+        card,
+        mut at_shop,
+        shop,
+        office,
+        serial,
+        reader,
+        _pcsc,
+        ..
+    } = torn_debit()?;
     let bank = Terminal::ready(&office, "bank", "welfare")?;
-    let shop_dir = DataDir::new(shop.path());
-    let mut at_shop = Sim::open(&shop_dir, SystemClock::system())?;
-    let before = at_shop.terminal().wire_stats().apdus;
-    let first = debit(&mut at_shop, &reader, 5)?;
-    ensure!(first.accepted(), "{first:?}");
-    let apdus = at_shop.terminal().wire_stats().apdus - before;
-    card.remove()?;
-    drop(card);
-    let tear = (apdus - 1).to_string();
-    let card = VirtualCard::insert(&state, 0, &["--tear-after", &tear, "--tear-mode", "after"])?;
-    let torn = debit(&mut at_shop, &reader, 7)?;
-    ensure!(
-        torn.outcome == Outcome::Refused && torn.reason == Reason::DebitInterrupted,
-        "{torn:?}"
-    );
-    let _ = wait_card(&reader, false, Duration::from_secs(2));
-    wait_card(&reader, true, Duration::from_secs(10))?;
 
     // At the bank: a debit of its own.
-    let bank_dir = DataDir::new(bank.path());
-    let mut at_bank = Sim::open(&bank_dir, SystemClock::system())?;
-    let mut paid = debit(&mut at_bank, &reader, 3)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while paid.reason == Reason::NoCard && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        paid = debit(&mut at_bank, &reader, 3)?;
-    }
+    let mut at_bank = Sim::open(&DataDir::new(bank.path()), SystemClock::system())?;
+    let paid = debit_when_present(&mut at_bank, &reader, 3)?;
     ensure!(paid.accepted(), "{paid:?}\ncard log:\n{}", card.log());
     let d = paid.debit.context("no debit")?;
     ensure!((d.balance_after, d.counter) == (85, 3), "{d:?}");

@@ -250,6 +250,18 @@ const V1_CAPACITY: [usize; 8] = [64, 8, 80, 520, 648, 40, 200, 8];
 /// Size of a [`RamStore`] image of the first layout.
 pub const V1_STORE_SIZE: usize = 3584;
 
+// Each slot of the first layout fits its place in this one, and the first layout's size is its
+// records' rounded up to 256 as [`RAM_STORE_SIZE`] is.
+const _: () = {
+    let (mut i, mut v1) = (0, 0);
+    while i < CAPACITY.len() {
+        assert!(V1_CAPACITY[i] <= CAPACITY[i]);
+        v1 += 2 * (HEADER_LEN + V1_CAPACITY[i]);
+        i += 1;
+    }
+    assert!(v1.div_ceil(256) * 256 == V1_STORE_SIZE);
+};
+
 /// An image of the first layout in this one. A slot's header and check do not depend on where
 /// it lies, and every capacity is at least what it was, so each slot moves as it is; the rest
 /// stays erased.

@@ -126,6 +126,20 @@ fn debit_when_present(sim: &mut Sim, reader: &str, amount: u32) -> Result<Decisi
     Ok(d)
 }
 
+/// The card's purse `[balance, counter]` as `card-tool tap --balance` reads it with `terminal`'s
+/// key and certificate (the JSON report).
+fn purse_read_by(terminal: &Terminal, reader: &str) -> Result<Value> {
+    json_of(&run_ok(
+        e2e_tests::card_tool()?
+            .args(["--reader", reader, "--json", "tap", "--service", "welfare"])
+            .arg("--terminal-key")
+            .arg(terminal.key_file())
+            .arg("--terminal-cert")
+            .arg(terminal.cert_file())
+            .arg("--balance"),
+    )?)
+}
+
 #[test]
 fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
     let TornDebit {
@@ -160,15 +174,7 @@ fn a_debit_torn_in_the_middle_is_retried_once() -> Result<()> {
     drop(at_shop);
 
     // The card's purse, read by a terminal, agrees with the last receipt...
-    let balance = json_of(&run_ok(
-        e2e_tests::card_tool()?
-            .args(["--reader", &reader, "--json", "tap", "--service", "welfare"])
-            .arg("--terminal-key")
-            .arg(shop.key_file())
-            .arg("--terminal-cert")
-            .arg(shop.cert_file())
-            .arg("--balance"),
-    )?)?;
+    let balance = purse_read_by(&shop, &reader)?;
     ensure!(balance["balance"][0] == 78, "{balance}");
     ensure!(balance["balance"][1] == d3.counter, "{balance}");
     // ... and the back office holds exactly the three receipts, counters in sequence.
@@ -219,15 +225,7 @@ fn a_retry_after_the_card_paid_elsewhere_gets_the_stored_receipt() -> Result<()>
         "debited twice? {d:?}"
     );
     drop((at_shop, at_bank));
-    let balance = json_of(&run_ok(
-        e2e_tests::card_tool()?
-            .args(["--reader", &reader, "--json", "tap", "--service", "welfare"])
-            .arg("--terminal-key")
-            .arg(shop.key_file())
-            .arg("--terminal-cert")
-            .arg(shop.cert_file())
-            .arg("--balance"),
-    )?)?;
+    let balance = purse_read_by(&shop, &reader)?;
     ensure!(
         balance["balance"][0] == 85 && balance["balance"][1] == 3,
         "{balance}"

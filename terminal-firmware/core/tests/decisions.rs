@@ -826,11 +826,7 @@ fn a_retry_answered_by_another_card_is_a_fresh_debit() {
     let mut rig = Rig::new();
     let mut interrupted = rig.card(36, 39);
     let lost = interrupt_debit(&mut rig, &mut interrupted, 7);
-    let card_key = interrupted.applet().card_public_key().unwrap();
-    let lost: ReceiptBody = Signed::decode(&lost[..lost.len() - 2])
-        .unwrap()
-        .open(&[], &card_key)
-        .unwrap();
+    let lost = open_lost(&interrupted, &lost);
 
     rig.clock().advance(120);
     let now = rig.clock().0.get().unwrap();

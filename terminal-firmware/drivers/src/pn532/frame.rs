@@ -163,7 +163,9 @@ pub(crate) fn locate(bytes: &[u8]) -> Result<Located, FrameError> {
         return Err(FrameError::Checksum);
     }
     match with_dcs[0] {
-        TFI_PN532_TO_HOST => Ok(Located::Info(tfi_at + 1..tfi_at + len)),
+        // An answer always carries PD0, the response code (command + 1): a TFI-only D5 frame
+        // would hand the driver an empty packet whose "code" is really the checksum byte.
+        TFI_PN532_TO_HOST if len >= 2 => Ok(Located::Info(tfi_at + 1..tfi_at + len)),
         TFI_ERROR if len == 1 => Ok(Located::ApplicationError),
         _ => Err(FrameError::Malformed),
     }
@@ -296,6 +298,20 @@ mod tests {
         assert_eq!(decode(&f), Err(FrameError::Malformed));
         // TFI 7F with data is not the error frame.
         let f = [0x00, 0x00, 0xFF, 0x02, 0xFE, 0x7F, 0x01, 0x80, 0x00];
+        assert_eq!(decode(&f), Err(FrameError::Malformed));
+    }
+
+    #[test]
+    fn rejects_an_answer_without_its_response_code() {
+        // LEN 1, TFI D5 and no PD0; DCS 2B adds up (found by the pn532_frame fuzz target).
+        let f = [0x00, 0xFF, 0x01, 0xFF, 0xD5, 0x2B];
+        assert_eq!(decode(&f), Err(FrameError::Malformed));
+        let f = [0x00, 0x00, 0xFF, 0x01, 0xFF, 0xD5, 0x2B, 0x00];
+        assert_eq!(decode(&f), Err(FrameError::Malformed));
+        // The same as an extended frame.
+        let f = [
+            0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x00, 0x01, 0xFF, 0xD5, 0x2B, 0x00,
+        ];
         assert_eq!(decode(&f), Err(FrameError::Malformed));
     }
 

@@ -75,9 +75,20 @@ pub enum Command {
         /// Where the office lives.
         #[command(flatten)]
         place: Place,
-        /// Address and port to listen on (put a TLS-terminating proxy in front for a network).
+        /// Address and port to listen on. Plain HTTP only on loopback (127.0.0.1, ::1, e.g.
+        /// behind a TLS-terminating proxy on this machine); any other address needs --tls-cert
+        /// and --tls-key.
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Serve HTTPS with this certificate (PEM: the server's certificate first, then its
+        /// chain). Clients trust it through the office's CA (`card-tool --ca-cert`,
+        /// `terminal-sim init --ca-cert`).
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM, PKCS#8, SEC1 or PKCS#1). Keep it readable by the
+        /// server's user only.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage staff accounts.
     User {
@@ -166,12 +177,25 @@ pub async fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Serve { place, listen } => {
+        Command::Serve {
+            place,
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
+            // Checked before the office is opened: a refused start touches nothing.
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(crate::server::tls_config(&cert, &key)?),
+                _ => {
+                    crate::server::check_plain_http(listen)?;
+                    None
+                }
+            };
             let state = crate::office::open(&place.data, place.database_url.as_deref()).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-            crate::server::serve(state, listener).await?;
+            crate::server::serve(state, listener, tls).await?;
             Ok(0)
         }
         Command::User {

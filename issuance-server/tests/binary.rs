@@ -1173,3 +1173,217 @@ fn personal_data_never_logged_on_sqlite() {
 async fn personal_data_never_logged_on_postgres() {
     on_fresh_postgres(|url| personal_data_never_logged(Some(url))).await;
 }
+
+/// A throw-away office CA and a server certificate it signed for `localhost` and 127.0.0.1,
+/// made at run time (PEM text: CA certificate, server certificate, server key).
+fn office_ca() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Test certificate office CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "issuance server");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// An HTTPS agent that trusts only `ca_pem`.
+fn tls_agent(ca_pem: &str) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let ca = Certificate::from_pem(ca_pem.as_bytes()).unwrap().to_owned();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&[ca]))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+/// A raw TLS stream to `addr` trusting `ca_pem` (to send a request by halves).
+fn raw_tls(
+    addr: &str,
+    ca_pem: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn serves_https_with_the_offices_certificate_and_stops_gracefully() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("office");
+    let admin = token_of(&bin(&["init", "--data", data.to_str().unwrap()], None));
+    let (ca, cert, key) = office_ca();
+    let cert_file = tmp.path().join("server.pem");
+    let key_file = tmp.path().join("server.key");
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Server {
+        child: Command::new(BIN)
+            .args(["serve", "--data", data.to_str().unwrap(), "--listen", &addr])
+            .arg("--tls-cert")
+            .arg(&cert_file)
+            .arg("--tls-key")
+            .arg(&key_file)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        base: format!("http://{addr}"),
+    };
+    let https = format!("https://localhost:{port}");
+    let a = tls_agent(&ca);
+    let start = Instant::now();
+    while a.get(format!("{https}/healthz")).call().is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no HTTPS server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, me) = call(&a, "GET", &format!("{https}/api/v1/me"), &admin, None).unwrap();
+    assert_eq!((status, me["role"].as_str()), (200, Some("admin")));
+
+    // A client that trusts another CA learns nothing, and plain HTTP gets no answer.
+    let (other_ca, _, _) = office_ca();
+    let e = tls_agent(&other_ca)
+        .get(format!("{https}/api/v1/me"))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert!(agent()
+        .get(format!("http://{addr}/healthz"))
+        .call()
+        .is_err());
+
+    // A request in flight over TLS when SIGTERM comes is answered, then the server exits 0.
+    let body = large_application(1);
+    let mut inflight = raw_tls(&addr, &ca);
+    write!(
+        inflight,
+        "POST /api/v1/applications HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let half = body.len() / 2;
+    inflight.write_all(&body[..half]).unwrap();
+    inflight.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the HTTPS server exited on SIGTERM with a request in flight"
+    );
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    inflight.write_all(&body[half..]).unwrap();
+    inflight.flush().unwrap();
+    let mut response = Vec::new();
+    // The server closes the TLS session after its answer (Connection: close).
+    let _ = inflight.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let status = server.wait_exit("SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let v = bin(&["audit", "verify", "--data", data.to_str().unwrap()], None);
+    assert!(stdout(&v).contains("intact: 3 rows"), "{}", stdout(&v));
+}
+
+#[test]
+fn refuses_plain_http_off_loopback_and_half_given_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("office");
+    token_of(&bin(&["init", "--data", data.to_str().unwrap()], None));
+    let before = snapshot(&data);
+    let o = bin(
+        &[
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("refusing to serve plain HTTP on 0.0.0.0:0"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("--tls-cert"), "{}", stderr(&o));
+    // A certificate without its key is a usage error.
+    let o = bin(
+        &[
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--tls-cert",
+            "x.pem",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--tls-key"), "{}", stderr(&o));
+    // Unreadable or mismatched TLS files: a clear message, and the office is untouched.
+    let (_, cert, _) = office_ca();
+    let (_, _, other_key) = office_ca();
+    let cert_file = tmp.path().join("server.pem");
+    let key_file = tmp.path().join("server.key");
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, other_key).unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--tls-cert")
+        .arg(&cert_file)
+        .arg("--tls-key")
+        .arg(&key_file)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not belong to the certificate"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(&data), before);
+}

@@ -580,7 +580,8 @@ impl Drop for VirtualCard {
 
 /// An issuance server with its own data directory on a free loopback port.
 pub struct Server {
-    /// Base URL (`http://127.0.0.1:PORT`).
+    /// Base URL (`http://127.0.0.1:PORT`, or `https://localhost:PORT` after
+    /// [`Server::serve_tls`]).
     pub url: String,
     /// The data directory.
     pub data: PathBuf,
@@ -589,6 +590,61 @@ pub struct Server {
     _dir: tempfile::TempDir,
     proc: Option<Proc>,
     agent: ureq::Agent,
+    tls: Option<ServerTls>,
+}
+
+/// The files of a server that serves HTTPS ([`Server::serve_tls`]).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The office CA's certificate (PEM): what clients are given with `--ca-cert`.
+    pub ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Makes a throw-away office CA and a server certificate it signed for `localhost` and
+/// 127.0.0.1 in `dir` (the way a district office without a public certificate runs HTTPS).
+pub fn make_office_ca(dir: &Path) -> Result<ServerTls> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Test certificate office CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "issuance server");
+    let cert = leaf.signed_by(&key, &issuer)?;
+    let tls = ServerTls {
+        ca: dir.join("office-ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&tls.ca, ca_cert.pem())?;
+    std::fs::write(&tls.cert, cert.pem())?;
+    std::fs::write(&tls.key, key.serialize_pem())?;
+    Ok(tls)
+}
+
+/// A client agent for the harness: plain, or trusting only `ca` (PEM file).
+fn harness_agent(ca: Option<&Path>) -> Result<ureq::Agent> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)?;
+        let cert = Certificate::from_pem(&pem)?.to_owned();
+        config = config.tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&[cert]))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
 }
 
 /// Pulls the bearer token out of what `issuance-server init` / `user add` print: on the first
@@ -663,18 +719,14 @@ impl Server {
         let out = run_ok(server_command()?.arg("init").arg("--data").arg(&data))?;
         let admin_token = parse_token(&out)
             .with_context(|| format!("no token in the output of issuance-server init:\n{out}"))?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
         let mut server = Server {
             url: String::new(),
             data,
             admin_token,
             _dir: dir,
             proc: None,
-            agent,
+            agent: harness_agent(None)?,
+            tls: None,
         };
         server.serve()?;
         Ok(server)
@@ -685,22 +737,42 @@ impl Server {
         self.serve_on(free_port()?)
     }
 
+    /// Restarts the server serving HTTPS with a certificate from a new office CA (on a fresh
+    /// port; `url` becomes `https://localhost:PORT`); returns the files, whose `ca` clients
+    /// are given with `--ca-cert`.
+    pub fn serve_tls(&mut self) -> Result<ServerTls> {
+        let dir = self.data.with_file_name("tls");
+        std::fs::create_dir_all(&dir)?;
+        let tls = make_office_ca(&dir)?;
+        self.agent = harness_agent(Some(&tls.ca))?;
+        self.tls = Some(tls.clone());
+        self.serve()?;
+        Ok(tls)
+    }
+
     /// (Re)starts `issuance-server serve` on `port` (the same URL as before a stop).
     pub fn serve_on(&mut self, port: u16) -> Result<()> {
         self.stop();
         let listen = format!("127.0.0.1:{port}");
         let log = self.data.with_extension("log");
-        let mut proc = Proc::spawn(
-            "issuance-server",
-            server_command()?
-                .arg("serve")
-                .arg("--data")
-                .arg(&self.data)
-                .arg("--listen")
-                .arg(&listen),
-            &log,
-        )?;
-        self.url = format!("http://{listen}");
+        let mut cmd = server_command()?;
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--listen")
+            .arg(&listen);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key);
+        }
+        let mut proc = Proc::spawn("issuance-server", &mut cmd, &log)?;
+        self.url = if self.tls.is_some() {
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://{listen}")
+        };
         let health = format!("{}/healthz", self.url);
         let agent = self.agent.clone();
         let ready = wait_until(Duration::from_secs(20), "the server's /healthz", || {

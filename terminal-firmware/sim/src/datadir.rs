@@ -101,6 +101,26 @@ impl DataDir {
         self.root.join("terminal.cert")
     }
 
+    /// `server-ca.pem`: the office CA an `https://` server's certificate must come from.
+    pub fn ca_path(&self) -> PathBuf {
+        self.root.join("server-ca.pem")
+    }
+
+    /// The pinned office CA (PEM), if `init --ca-cert` gave one.
+    pub fn load_ca(&self) -> Result<Option<Vec<u8>>> {
+        let p = self.ca_path();
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    /// Pins the office CA (PEM) for every later contact with the server.
+    pub fn save_ca(&self, pem: &[u8]) -> Result<()> {
+        write_atomically(&self.ca_path(), pem, 0o644)
+    }
+
     /// `flash.bin`.
     pub fn flash_path(&self) -> PathBuf {
         self.root.join("flash.bin")

@@ -22,9 +22,10 @@ use terminal_sim::sim::{init, InitRequest, Sim};
 ///
 /// A service point goes through four steps:
 ///
-///   1. terminal-sim init --data DIR --service transit --server http://127.0.0.1:8080
-///      makes the terminal's key and pins the server's root key. Give the printed public key to
-///      an admin, or pass --admin-token to register at once.
+///   1. terminal-sim init --data DIR --service transit --server https://office.example:8443
+///      [--ca-cert office-ca.pem] makes the terminal's key and pins the server's root key (and
+///      the office's CA). Give the printed public key to an admin, or pass --admin-token to
+///      register at once.
 ///
 ///   2. terminal-sim sync --data DIR
 ///      fetches the trust bundle, the revocation status list and the service rules; each is
@@ -73,9 +74,15 @@ enum Command {
         /// The service this point performs.
         #[arg(long, value_enum)]
         service: ServiceArg,
-        /// The issuance server (on this machine), e.g. http://127.0.0.1:8080.
+        /// The issuance server: https://HOST[:PORT], or http://127.0.0.1:PORT for a server on
+        /// this machine (plain HTTP to another machine is refused).
         #[arg(long, env = "TERMINAL_SIM_SERVER")]
         server: String,
+        /// The office's CA certificate (PEM) for an https:// server with its own CA: copied
+        /// into the data directory and from then on the only CA trusted for the server.
+        /// Without it an https:// server needs a certificate from a public CA.
+        #[arg(long, value_name = "PEM")]
+        ca_cert: Option<PathBuf>,
         /// Name in the terminal's certificate, e.g. "Bus 42 front door".
         #[arg(long, default_value = "terminal-sim")]
         subject: String,
@@ -187,14 +194,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             admin_token,
             certificate,
             root_key,
+            ca_cert,
         } => {
             let certificate = certificate.map(|c| read_certificate(&c)).transpose()?;
             let expect_root = root_key.map(|r| parse_root(&r)).transpose()?;
-            let mut http = HttpServer::new(&server)?;
+            let ca_pem = ca_cert
+                .map(|p| {
+                    std::fs::read(&p)
+                        .with_context(|| format!("cannot read the CA certificate {}", p.display()))
+                })
+                .transpose()?;
+            // A CA given before is kept for a second `init` (finishing a registration).
+            let ca_pem = match ca_pem {
+                Some(pem) => Some(pem),
+                None => dir.load_ca()?,
+            };
+            let mut http = HttpServer::new(&server, ca_pem.as_deref())?;
             let report = init(
                 &dir,
                 &InitRequest {
                     server: &server,
+                    ca_pem: ca_pem.as_deref(),
                     service: service.into(),
                     subject: &subject,
                     region,
@@ -229,7 +249,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sync => {
             let mut sim = Sim::open(&dir, clock(cli.now))?;
-            let mut http = HttpServer::new(&sim.config.server)?;
+            let mut http = HttpServer::new(&sim.config.server, dir.load_ca()?.as_deref())?;
             let report = sim.sync(&mut http)?;
             if cli.json {
                 print_json(&report)?;
@@ -293,7 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Upload => {
             let mut sim = Sim::open(&dir, clock(cli.now))?;
-            let mut http = HttpServer::new(&sim.config.server)?;
+            let mut http = HttpServer::new(&sim.config.server, dir.load_ca()?.as_deref())?;
             let report = sim.upload(&mut http)?;
             if cli.json {
                 print_json(&report)?;

@@ -84,20 +84,26 @@ pub trait Distribution {
 /// Largest object accepted from the server (the status-list slot is 2 MiB).
 pub const MAX_OBJECT: u64 = 4 << 20;
 
-/// Checks that `url` names a server on this machine and returns it without a trailing `/`.
+/// Checks that `url` is one the terminal may talk to and returns it without a trailing `/`:
+/// `https://` to any host, or plain `http://` to this machine only.
 ///
-/// The host terminal talks plain HTTP: that is only acceptable on loopback (every object is
-/// signed, but the admin token of `init` is not).
-pub fn loopback_base(url: &str) -> Result<String> {
+/// Plain HTTP is acceptable on loopback only: every object is signed, but the admin token of
+/// `init` is not, and the tap log names cards and places.
+pub fn server_base(url: &str) -> Result<String> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        let host = host_of(rest);
+        if host.is_empty() {
+            bail!("server URL {url:?} names no host");
+        }
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
     let rest = url.strip_prefix("http://").ok_or_else(|| {
-        anyhow!("server URL {url:?} must start with http:// and name this machine (127.0.0.1)")
+        anyhow!(
+            "server URL {url:?} must start with https:// (or http:// for a server on this \
+             machine, 127.0.0.1)"
+        )
     })?;
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        authority.split(':').next().unwrap_or("")
-    };
+    let host = host_of(rest);
     let loopback = host == "localhost"
         || host == "::1"
         || host
@@ -105,11 +111,38 @@ pub fn loopback_base(url: &str) -> Result<String> {
             .is_ok_and(|a| a.is_loopback());
     if !loopback {
         bail!(
-            "server URL {url:?} is not on this machine: terminal-sim only talks to a server on \
-             loopback (127.0.0.1, ::1 or localhost)"
+            "server URL {url:?} is plain HTTP to another machine: use https:// (with \
+             --ca-cert for the office's own CA), or http:// only to a server on this machine \
+             (127.0.0.1, ::1 or localhost)"
         );
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The host of `authority[/path]` (without port or IPv6 brackets).
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split('/').next().unwrap_or("");
+    if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    }
+}
+
+/// Parses the office CA's PEM file (one or more certificates), for `init --ca-cert`.
+pub fn parse_ca(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let certs = ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c.to_owned())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("the CA file is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        bail!("the CA file holds no certificate (expected -----BEGIN CERTIFICATE-----)");
+    }
+    Ok(certs)
 }
 
 /// The issuance server over HTTP.
@@ -125,16 +158,29 @@ struct ApiError {
 }
 
 impl HttpServer {
-    /// A client for the server at `base` (must be loopback).
-    pub fn new(base: &str) -> Result<Self> {
-        let base = loopback_base(base)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    /// A client for the server at `base` ([`server_base`] rules). With `ca_pem` an `https://`
+    /// server must present a certificate from that CA (the office's own) and no other; without,
+    /// one from the public CAs built into this program.
+    pub fn new(base: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
+        use ureq::tls::{RootCerts, TlsConfig};
+        let base = server_base(base)?;
+        let tls = base.starts_with("https://");
+        if ca_pem.is_some() && !tls {
+            bail!("a CA certificate is only used with an https:// server, not {base}");
+        }
+        let roots = match ca_pem {
+            Some(pem) => RootCerts::new_with_certs(&parse_ca(pem)?),
+            None => RootCerts::WebPki,
+        };
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            // Never through a proxy from the environment: the server is on this machine.
-            .proxy(None)
             .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+            .tls_config(TlsConfig::builder().root_certs(roots).build());
+        if !tls {
+            // Never through a proxy from the environment: the server is on this machine.
+            config = config.proxy(None);
+        }
+        let agent: ureq::Agent = config.build().into();
         Ok(Self {
             api: format!("{base}/api/v1"),
             agent,
@@ -277,30 +323,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_urls_are_accepted_and_normalized() {
+    fn https_anywhere_and_http_on_loopback_are_accepted_and_normalized() {
         for (url, base) in [
             ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
             ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
             ("http://localhost:3000", "http://localhost:3000"),
             ("http://[::1]:3000/", "http://[::1]:3000"),
             ("http://127.1.2.3", "http://127.1.2.3"),
+            ("https://127.0.0.1:8443", "https://127.0.0.1:8443"),
+            ("https://office.example.org/", "https://office.example.org"),
+            ("https://[2001:db8::1]:443", "https://[2001:db8::1]:443"),
         ] {
-            assert_eq!(loopback_base(url).unwrap(), base);
+            assert_eq!(server_base(url).unwrap(), base);
         }
     }
 
     #[test]
-    fn remote_or_tls_urls_are_refused() {
+    fn plain_http_off_loopback_and_malformed_urls_are_refused() {
         for url in [
-            "https://127.0.0.1:8080",
             "http://10.0.0.1:8080",
             "http://example.org",
             "http://127.0.0.1.example.org",
             "http://[2001:db8::1]:80",
             "127.0.0.1:8080",
+            "ftp://127.0.0.1",
             "http://",
+            "https://",
+            "https://:8443",
         ] {
-            assert!(loopback_base(url).is_err(), "{url}");
+            assert!(server_base(url).is_err(), "{url}");
         }
+        let e = server_base("http://10.0.0.1:8080").unwrap_err().to_string();
+        assert!(e.contains("https://") && e.contains("--ca-cert"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate_and_needs_https() {
+        assert!(parse_ca(b"not pem").is_err());
+        let key_only =
+            b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        let e = parse_ca(key_only).unwrap_err().to_string();
+        assert!(e.contains("no certificate"), "{e}");
+        let e = HttpServer::new("http://127.0.0.1:1", Some(b"x"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("only used with an https://"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ use terminal_core::{
 use crate::datadir::{DataDir, SimConfig, CONFIG_VERSION};
 use crate::flash::{FileFlash, FileFlashError, FlashFile, Layout, LAYOUT};
 use crate::platform::{os_rng, OsRng, Recorder, SystemClock};
-use crate::server::{loopback_base, Distribution, Fetched, Registration};
+use crate::server::{server_base, Distribution, Fetched, Registration};
 
 /// The core with the PC's devices.
 pub type SimTerminal = Terminal<FileFlash, P256Verifier, P256Signer, SystemClock, OsRng, Recorder>;
@@ -22,8 +22,10 @@ pub type SimTerminal = Terminal<FileFlash, P256Verifier, P256Signer, SystemClock
 /// What `init` was asked.
 #[derive(Clone, Debug)]
 pub struct InitRequest<'a> {
-    /// Server base URL (loopback).
+    /// Server base URL (`https://`, or `http://` on loopback).
     pub server: &'a str,
+    /// The office CA (PEM) the server's certificate must come from, pinned in the data directory.
+    pub ca_pem: Option<&'a [u8]>,
     /// The service of this point.
     pub service: Service,
     /// Certificate subject to ask for.
@@ -66,7 +68,7 @@ pub fn init(
     server: &mut dyn Distribution,
     layout: &Layout,
 ) -> Result<InitReport> {
-    let base = loopback_base(req.server)?;
+    let base = server_base(req.server)?;
     std::fs::create_dir_all(dir.path())
         .with_context(|| format!("creating {}", dir.path().display()))?;
     if dir.load_certificate()?.is_some() {
@@ -75,6 +77,10 @@ pub fn init(
              terminal",
             dir.path().display()
         );
+    }
+    if let Some(pem) = req.ca_pem {
+        crate::server::parse_ca(pem)?;
+        dir.save_ca(pem)?;
     }
     let new_key = !dir.is_initialized();
     let (key, config) = if new_key {

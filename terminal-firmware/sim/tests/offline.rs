@@ -241,6 +241,7 @@ impl Distribution for FakeServer {
 
 fn request(service: Service) -> InitRequest<'static> {
     InitRequest {
+        ca_pem: None,
         server: "http://127.0.0.1:9",
         service,
         subject: "gate 7",

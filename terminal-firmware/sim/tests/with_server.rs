@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use e2e_tests::{binary, card_tool, pcsc_session, run_ok, run_output, Server, VirtualCard};
+use e2e_tests::{
+    binary, card_tool, make_office_ca, pcsc_session, run_ok, run_output, Server, VirtualCard,
+};
 use serde_json::{json, Value};
 
 fn sim() -> Result<Command> {
@@ -292,5 +294,86 @@ fn taps_on_a_virtual_card_through_pcscd_then_revocation_and_upload() -> Result<(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+#[test]
+fn a_service_point_reaches_the_office_over_https_with_its_ca_pinned() -> Result<()> {
+    let mut server = Server::start()?;
+    let tls = server.serve_tls()?;
+    assert!(
+        server.url.starts_with("https://localhost:"),
+        "{}",
+        server.url
+    );
+    let tmp = tempfile::tempdir()?;
+
+    // Without the office CA the server's certificate is unknown: nothing is set up.
+    let data = tmp.path().join("no-ca");
+    let out = run(sim()?
+        .arg("--data")
+        .arg(&data)
+        .args(["init", "--service", "rehab", "--server"])
+        .arg(&server.url))?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!data.join("terminal.key").exists());
+
+    // Another office's CA is not this server's either.
+    let other = make_office_ca(tmp.path())?;
+    let data = tmp.path().join("other-ca");
+    let out = run(sim()?
+        .arg("--data")
+        .arg(&data)
+        .args(["init", "--service", "rehab", "--server"])
+        .arg(&server.url)
+        .arg("--ca-cert")
+        .arg(&other.ca))?;
+    assert!(!out.status.success());
+    assert!(!data.join("terminal.key").exists());
+
+    // Plain HTTP to another machine is refused before anything is sent.
+    let out = run(sim()?.arg("--data").arg(tmp.path().join("plain")).args([
+        "init",
+        "--service",
+        "rehab",
+        "--server",
+        "http://192.0.2.7:8080",
+    ]))?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plain HTTP to another machine"), "{err}");
+
+    // With the office CA: registered, synced and uploading over HTTPS; the CA stays pinned in
+    // the data directory for every later command.
+    let data = tmp.path().join("t");
+    let r = ok_json(
+        sim()?
+            .arg("--data")
+            .arg(&data)
+            .args(["init", "--json", "--service", "rehab", "--server"])
+            .arg(&server.url)
+            .arg("--ca-cert")
+            .arg(&tls.ca)
+            .arg("--admin-token")
+            .arg(&server.admin_token),
+    )?;
+    assert_eq!(r["registered"], true, "{r}");
+    assert_eq!(
+        std::fs::read(data.join("server-ca.pem"))?,
+        std::fs::read(&tls.ca)?
+    );
+    let s = ok_json(sim()?.arg("--data").arg(&data).args(["sync", "--json"]))?;
+    assert_eq!(s["failed"], json!([]), "{s}");
+    let up = ok_json(sim()?.arg("--data").arg(&data).args(["upload", "--json"]))?;
+    assert_eq!(up["batches"], 0, "{up}");
+
+    // The pinned CA is what is trusted: replaced by another office's, sync fails on every object.
+    std::fs::copy(&other.ca, data.join("server-ca.pem"))?;
+    let out = run(sim()?.arg("--data").arg(&data).args(["sync", "--json"]))?;
+    assert!(!out.status.success());
+    let s = json_of(&out)?;
+    assert_eq!(s["failed"].as_array().map(Vec::len), Some(3), "{s}");
     Ok(())
 }

@@ -241,6 +241,8 @@ pub fn card_tool() -> Result<Command> {
     ] {
         cmd.env_remove(var);
     }
+    // The tests match card-tool's English texts, whatever the machine's locale.
+    cmd.env("CARD_TOOL_LANG", "en");
     Ok(cmd)
 }
 

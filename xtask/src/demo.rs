@@ -309,6 +309,8 @@ impl<'a> Demo<'a> {
         ] {
             cmd.env_remove(var);
         }
+        // The story reads card-tool's answers and matches the README's English transcript.
+        cmd.env("CARD_TOOL_LANG", "en");
         Ok(cmd)
     }
 

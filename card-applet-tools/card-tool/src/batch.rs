@@ -5,12 +5,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use shared_crypto::apdu::WireStats;
 use shared_crypto::model::LifeCycle;
 
+use crate::i18n::{display_width, pad, reading, Lang, Localized, Text, WithText};
 use crate::journal::Journal;
 use crate::personalize::{self, PersoError};
 use crate::reader::Readers;
@@ -44,7 +45,7 @@ pub struct CardResult {
     pub card_serial: Option<String>,
     /// The job.
     pub job_id: Option<i64>,
-    /// Why it failed.
+    /// Why it failed (in the language of the run).
     pub error: Option<String>,
     /// Time spent on this card.
     pub seconds: f64,
@@ -74,8 +75,16 @@ impl Summary {
         }
     }
 
-    /// The summary for people.
+    /// The summary for people, in English.
     pub fn human(&self) -> String {
+        self.human_in(Lang::En)
+    }
+
+    /// The summary for people, in `lang`.
+    pub fn human_in(&self, lang: Lang) -> String {
+        if lang == Lang::Zh {
+            return self.human_zh();
+        }
         let mut s =
             String::from("application  result  serial            job   seconds  reader / reason\n");
         for r in &self.results {
@@ -99,23 +108,59 @@ impl Summary {
         );
         s
     }
+
+    /// The Chinese table: the columns of the English one, padded by terminal columns (a
+    /// Chinese character takes two).
+    fn human_zh(&self) -> String {
+        // Column widths (in terminal columns) of application, result, serial, job, seconds.
+        const W: [usize; 5] = [11, 6, 16, 5, 7];
+        let seconds = "耗时/秒";
+        let mut s = format!(
+            "{}  {}  {}  {} {}{seconds}  读卡器 / 原因\n",
+            pad("申请编号", W[0]),
+            pad("结果", W[1]),
+            pad("卡片序列号", W[2]),
+            pad("任务", W[3]),
+            " ".repeat(W[4].saturating_sub(display_width(seconds))),
+        );
+        for r in &self.results {
+            let job = r.job_id.map_or("-".into(), |j| j.to_string());
+            let reason = if r.ok {
+                r.reader.clone().unwrap_or_default()
+            } else {
+                r.error.clone().unwrap_or_default()
+            };
+            s += &format!(
+                "{}  {}  {}  {} {:>7.2}  {reason}\n",
+                pad(&r.application_id.to_string(), W[0]),
+                pad(if r.ok { "成功" } else { "失败" }, W[1]),
+                pad(r.card_serial.as_deref().unwrap_or("-"), W[2]),
+                pad(&job, W[3]),
+                r.seconds,
+            );
+        }
+        s += &format!(
+            "成功个人化 {} 张，失败 {} 张，共用时 {:.2} 秒\n",
+            self.succeeded, self.failed, self.seconds
+        );
+        s
+    }
 }
 
 /// Reads application ids from a file: one per line, blank lines and `#` comments ignored.
 pub fn read_application_file(path: &Path) -> Result<Vec<i64>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_text(|| reading(path))?;
     let mut ids = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        ids.push(line.parse().with_context(|| {
-            format!(
-                "{} line {}: {line:?} is not an application id",
-                path.display(),
-                n + 1
+        ids.push(line.parse::<i64>().with_text(|| {
+            let (p, n) = (path.display(), n + 1);
+            Text::new(
+                format!("{p} line {n}: {line:?} is not an application id"),
+                format!("{p} 第 {n} 行：{line:?} 不是申请编号"),
             )
         })?);
     }
@@ -144,6 +189,7 @@ fn one(
     client: &Client,
     journal: &Journal,
     application_id: i64,
+    lang: Lang,
 ) -> (CardResult, Option<PersoError>) {
     let started = Instant::now();
     let name = reader.to_string_lossy().into_owned();
@@ -175,7 +221,7 @@ fn one(
                 ok: false,
                 card_serial: None,
                 job_id: None,
-                error: Some(e.to_string()),
+                error: Some(e.localized(lang)),
                 seconds: started.elapsed().as_secs_f64(),
             },
             Some(e),
@@ -195,13 +241,15 @@ fn missing(application_id: i64, why: &str) -> CardResult {
     }
 }
 
-/// Runs a batch. `progress` shows a bar on stderr.
+/// Runs a batch. `progress` shows a bar on stderr; its labels and the reasons of failed cards
+/// are in `lang`.
 pub fn run(
     client: &Client,
     journal: &Journal,
     applications: &[i64],
     mode: &BatchMode,
     progress: bool,
+    lang: Lang,
 ) -> Result<Summary> {
     let started = Instant::now();
     match mode {
@@ -230,14 +278,21 @@ pub fn run(
                 }
             }
             if blank.is_empty() {
-                bail!(
+                return Err(Text::new(
                     "no reader holds a blank card: put blank cards on the readers \
-                     (`card-tool readers` lists them), or use --sequential"
-                );
+                     (`card-tool readers` lists them), or use --sequential",
+                    "没有一台读卡器上放着空白卡：请把空白卡放到读卡器上（`card-tool readers` \
+                     可以列出读卡器），或者使用 --sequential",
+                )
+                .into());
             }
             let pairs: Vec<_> = blank.iter().zip(applications.iter().copied()).collect();
             let b = bar(pairs.len(), progress);
-            b.set_message(format!("personalizing {} cards", pairs.len()));
+            let n = pairs.len();
+            b.set_message(lang.pick(
+                format!("personalizing {n} cards"),
+                format!("正在个人化 {n} 张卡片"),
+            ));
             let results = Mutex::new(Vec::new());
             std::thread::scope(|scope| {
                 for (reader, app) in &pairs {
@@ -245,8 +300,8 @@ pub fn run(
                     scope.spawn(move || {
                         // One PC/SC context per thread: contexts are not shared across threads.
                         let r = match Readers::new() {
-                            Ok(readers) => one(&readers, reader, client, journal, *app).0,
-                            Err(e) => missing(*app, &e.to_string()),
+                            Ok(readers) => one(&readers, reader, client, journal, *app, lang).0,
+                            Err(e) => missing(*app, &e.localized(lang)),
                         };
                         b.inc(1);
                         if let Ok(mut v) = results.lock() {
@@ -258,7 +313,13 @@ pub fn run(
             b.finish_and_clear();
             let mut done = results.into_inner().unwrap_or_default();
             for app in applications.iter().skip(pairs.len()) {
-                done.push(missing(*app, "no blank card left in the readers"));
+                done.push(missing(
+                    *app,
+                    lang.pick(
+                        "no blank card left in the readers",
+                        "读卡器上已经没有空白卡了",
+                    ),
+                ));
             }
             let order = |id: i64| applications.iter().position(|a| *a == id);
             done.sort_by_key(|r| order(r.application_id));
@@ -270,7 +331,10 @@ pub fn run(
                 Some(r) => readers.choose(Some(r))?,
                 None => {
                     let names = readers.names()?;
-                    names.into_iter().next().context("no reader found")?
+                    names
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| Text::new("no reader found", "找不到读卡器"))?
                 }
             };
             let b = bar(applications.len(), progress);
@@ -279,20 +343,24 @@ pub fn run(
                 let mut attempts = 0;
                 let result = loop {
                     attempts += 1;
-                    b.set_message(format!(
-                        "insert a blank card for application {app} ({} of {})",
-                        i + 1,
-                        applications.len()
+                    let (n, of) = (i + 1, applications.len());
+                    b.set_message(lang.pick(
+                        format!("insert a blank card for application {app} ({n} of {of})"),
+                        format!("请为申请 {app} 放入一张空白卡（第 {n} 张，共 {of} 张）"),
                     ));
                     if let Err(e) = readers.wait_for_card(&name, true, *wait) {
-                        break missing(app, &e.to_string());
+                        break missing(app, &e.localized(lang));
                     }
-                    b.set_message(format!("personalizing application {app}"));
-                    let (r, err) = one(&readers, &name, client, journal, app);
-                    b.set_message(if r.ok {
-                        format!("application {app} done: remove the card")
-                    } else {
-                        format!("application {app} failed: remove the card")
+                    b.set_message(lang.pick(
+                        format!("personalizing application {app}"),
+                        format!("正在为申请 {app} 个人化卡片"),
+                    ));
+                    let (r, err) = one(&readers, &name, client, journal, app, lang);
+                    b.set_message(match (r.ok, lang) {
+                        (true, Lang::En) => format!("application {app} done: remove the card"),
+                        (true, Lang::Zh) => format!("申请 {app} 已完成：请取走卡片"),
+                        (false, Lang::En) => format!("application {app} failed: remove the card"),
+                        (false, Lang::Zh) => format!("申请 {app} 失败：请取走卡片"),
                     });
                     let removed = readers.wait_for_card(&name, false, *wait);
                     // A card that was already personalized is not this application's card: ask
@@ -346,6 +414,54 @@ mod tests {
         assert!(
             h.contains("FAILED") && h.contains("no blank card left"),
             "{h}"
+        );
+        assert!(h.starts_with("application  result  serial "), "{h}");
+    }
+
+    #[test]
+    fn the_chinese_summary_keeps_the_columns_of_the_english_one() {
+        let ok = CardResult {
+            application_id: 12,
+            reader: Some("Virtual PCD 00 00".into()),
+            ok: true,
+            card_serial: Some("0102030405060708".into()),
+            job_id: Some(3),
+            error: None,
+            seconds: 0.5,
+        };
+        let s = Summary::new(
+            vec![ok, missing(13, "读卡器上已经没有空白卡了")],
+            Instant::now(),
+        );
+        let zh = s.human_in(Lang::Zh);
+        let en = s.human_in(Lang::En);
+        // The last column (reader or reason): from terminal column 54 on.
+        fn last_column(line: &str) -> Option<&str> {
+            line.char_indices()
+                .map(|(i, _)| i)
+                .find(|i| display_width(&line[..*i]) == 54)
+                .map(|i| &line[i..])
+        }
+        let lines: Vec<&str> = zh.lines().collect();
+        assert_eq!(lines.len(), 4, "{zh}");
+        assert_eq!(last_column(lines[0]), Some("读卡器 / 原因"), "{zh}");
+        assert_eq!(last_column(lines[1]), Some("Virtual PCD 00 00"), "{zh}");
+        assert_eq!(
+            last_column(lines[2]),
+            Some("读卡器上已经没有空白卡了"),
+            "{zh}"
+        );
+        assert_eq!(
+            lines[3],
+            format!("成功个人化 1 张，失败 1 张，共用时 {:.2} 秒", s.seconds)
+        );
+        for (e, z) in en.lines().zip(zh.lines()).skip(1).take(2) {
+            // The same values at the same columns, up to the reason.
+            assert_eq!(e[..13], z[..13], "{en}\n{zh}");
+        }
+        assert!(
+            crate::i18n::has_cjk(lines[1]) && lines[2].contains("失败"),
+            "{zh}"
         );
     }
 }

@@ -4,19 +4,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use shared_crypto::apdu::WireStats;
-use shared_crypto::model::{AttributeId, AttributeSet, Service};
+use shared_crypto::model::{AttributeId, AttributeSet, LifeCycle, Service};
 
 use crate::batch::{self, BatchMode};
+use crate::i18n::{
+    display_width, error_text, pad, table, writing, Lang, LangChoice, Localized, Text, WithText,
+};
 use crate::journal::Journal;
 use crate::keys::{read_wire_file, KeyFormat, TerminalKey};
 use crate::personalize;
 use crate::reader::Readers;
 use crate::server::Client;
-use crate::tap::{self, life_cycle_name, Selected, TapRequest, Trust};
+use crate::tap::{self, life_cycle_shown, Selected, TapRequest, Trust};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -30,9 +33,13 @@ Examples:
   card-tool register-terminal --server URL --key terminal.key --services transit --out terminal.cert
   card-tool tap --service transit --terminal-key terminal.key --terminal-cert terminal.cert --server URL
   card-tool credit --server URL --serial 0102030405060708 --amount 50
+  card-tool --lang zh status                         messages in Simplified Chinese (简体中文)
 
 A failed personalization (card pulled away, server down) is resumed by running the same command
 again: the card stays BLANK until its very last step, and the server keeps the job.
+Messages are in Simplified Chinese or English: --lang zh|en, or CARD_TOOL_LANG; by default (auto)
+Chinese when the first non-empty of LC_ALL, LC_MESSAGES, LANG starts with `zh`. The --json keys
+and machine-readable values are the same in both; only the human messages change.
 Exit status: 0 success, 1 failure (the message says what to do), 2 bad usage.";
 
 /// Personalize and diagnose disability-certificate cards through any PC/SC reader.
@@ -46,6 +53,17 @@ pub struct Cli {
     /// Print one JSON object (for scripts) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Language of the messages: zh (简体中文), en, or auto (zh when the first non-empty of
+    /// LC_ALL, LC_MESSAGES, LANG starts with `zh`, else en).
+    #[arg(
+        long,
+        global = true,
+        env = "CARD_TOOL_LANG",
+        value_enum,
+        default_value = "auto",
+        value_name = "auto|zh|en"
+    )]
+    pub lang: LangChoice,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -220,25 +238,40 @@ fn parse_attribute(s: &str) -> Result<AttributeId, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    let lang = cli.lang.resolve();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let message = error_text(&e, lang);
             // A command that already printed its JSON result (a batch with failures) must not
             // print a second object.
             if json && e.downcast_ref::<Reported>().is_none() {
-                let v = serde_json::json!({ "ok": false, "error": format!("{e:#}") });
+                let v = serde_json::json!({ "ok": false, "error": message });
                 println!("{v}");
             }
-            eprintln!("error: {e:#}");
+            eprintln!("{}{message}", lang.pick("error: ", "错误："));
             ExitCode::FAILURE
         }
     }
 }
 
 /// A failure whose result was already printed (the exit status still says it failed).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Reported(String);
+#[derive(Debug)]
+pub(crate) struct Reported(Text);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.en)
+    }
+}
+
+impl std::error::Error for Reported {}
+
+impl Localized for Reported {
+    fn localized(&self, lang: Lang) -> String {
+        self.0.localized(lang)
+    }
+}
 
 /// Prints `value` as JSON or with `human`.
 fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
@@ -254,9 +287,10 @@ fn journal_of(path: Option<PathBuf>) -> Journal {
     Journal::new(path.unwrap_or_else(Journal::default_path))
 }
 
-/// Runs a parsed command line.
+/// Runs a parsed command line (its results and messages in the language `--lang` chose).
 pub fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
+    let lang = cli.lang.resolve();
     match cli.command {
         Command::Readers => {
             let readers = Readers::new()?;
@@ -264,10 +298,12 @@ pub fn run(cli: Cli) -> Result<()> {
             emit(json, &list, |list| {
                 let mut s = String::new();
                 for r in list {
-                    match &r.atr {
-                        Some(atr) => s += &format!("{}: card present, ATR {atr}\n", r.name),
-                        None => s += &format!("{}: no card\n", r.name),
-                    }
+                    s += &match (&r.atr, lang) {
+                        (Some(atr), Lang::En) => format!("{}: card present, ATR {atr}\n", r.name),
+                        (Some(atr), Lang::Zh) => format!("{}：有卡片，ATR {atr}\n", r.name),
+                        (None, Lang::En) => format!("{}: no card\n", r.name),
+                        (None, Lang::Zh) => format!("{}：没有卡片\n", r.name),
+                    };
                 }
                 s
             })
@@ -295,10 +331,10 @@ pub fn run(cli: Cli) -> Result<()> {
                         i.applet_version >> 4,
                         i.applet_version & 0xF
                     )),
-                    Some(life_cycle_name(i.life_cycle)),
+                    Some(i.life_cycle),
                     0x9000,
                 ),
-                Selected::Blocked => (true, None, Some("BLOCKED"), 0x6283),
+                Selected::Blocked => (true, None, Some(LifeCycle::Blocked), 0x6283),
                 Selected::NotOurCard(sw) => (false, None, None, sw),
             };
             let status = Status {
@@ -306,23 +342,39 @@ pub fn run(cli: Cli) -> Result<()> {
                 atr: hex::encode(atr),
                 applet,
                 applet_version: version,
-                life_cycle: lc,
+                life_cycle: lc.map(tap::life_cycle_name),
                 select_status: format!("{sw:04X}"),
             };
             link.close();
             emit(json, &status, |s| {
+                let version = s.applet_version.as_deref().unwrap_or("?");
+                let life_cycle = lc.map_or("?".into(), |l| life_cycle_shown(l, lang));
+                let meaning = tap::sw_meaning(sw);
+                if lang == Lang::Zh {
+                    let mut rows = vec![("读卡器：", s.reader.clone()), ("ATR：", s.atr.clone())];
+                    if s.applet {
+                        rows.push(("应用：", format!("已安装（版本 {version}）")));
+                        rows.push(("生命周期：", life_cycle));
+                    } else {
+                        rows.push((
+                            "应用：",
+                            format!(
+                                "不存在（SELECT 的应答为 {}：{}）",
+                                s.select_status, meaning.zh
+                            ),
+                        ));
+                    }
+                    return table(&rows);
+                }
                 let mut out = format!("reader:      {}\nATR:         {}\n", s.reader, s.atr);
                 if s.applet {
                     out += &format!(
-                        "applet:      present (version {})\nlife cycle:  {}\n",
-                        s.applet_version.as_deref().unwrap_or("?"),
-                        s.life_cycle.unwrap_or("?")
+                        "applet:      present (version {version})\nlife cycle:  {life_cycle}\n"
                     );
                 } else {
                     out += &format!(
                         "applet:      absent (SELECT answered {}: {})\n",
-                        s.select_status,
-                        tap::sw_meaning(sw)
+                        s.select_status, meaning.en
                     );
                 }
                 out
@@ -343,22 +395,36 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let r = Read {
                 info,
-                holder_data:
+                holder_data: lang.pick(
                     "none: the card discloses attributes only to an authenticated terminal",
+                    "无：卡片只向通过认证的终端披露属性",
+                ),
                 wire: stats.into(),
             };
             emit(json, &r, |r| {
-                format!(
-                    "applet version: {}.{}\nlife cycle:     {}\nchallenge:      {}\n\
-                     holder data:    {}\nwire:           {} exchange(s), {} bytes\n",
+                let version = format!(
+                    "{}.{}",
                     r.info.applet_version >> 4,
-                    r.info.applet_version & 0xF,
-                    life_cycle_name(r.info.life_cycle),
-                    hex::encode(r.info.challenge),
-                    r.holder_data,
-                    r.wire.exchanges,
-                    r.wire.total_bytes()
-                )
+                    r.info.applet_version & 0xF
+                );
+                let life_cycle = life_cycle_shown(r.info.life_cycle, lang);
+                let challenge = hex::encode(r.info.challenge);
+                let (exchanges, bytes) = (r.wire.exchanges, r.wire.total_bytes());
+                match lang {
+                    Lang::En => format!(
+                        "applet version: {version}\nlife cycle:     {life_cycle}\n\
+                         challenge:      {challenge}\nholder data:    {}\n\
+                         wire:           {exchanges} exchange(s), {bytes} bytes\n",
+                        r.holder_data,
+                    ),
+                    Lang::Zh => table(&[
+                        ("应用版本：", version),
+                        ("生命周期：", life_cycle),
+                        ("挑战随机数：", challenge),
+                        ("持证人数据：", r.holder_data.to_owned()),
+                        ("通信：", format!("{exchanges} 次交互，{bytes} 字节")),
+                    ]),
+                }
             })
         }
         Command::Personalize {
@@ -372,7 +438,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut link = readers.connect_any(cli.reader.as_deref())?;
             let done = personalize::personalize(&mut link, &client, application, &journal)?;
             link.close();
-            emit(json, &done, |d| d.human())
+            emit(json, &done, |d| d.human_in(lang))
         }
         Command::Batch {
             server,
@@ -386,9 +452,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 applications.extend(batch::read_application_file(&file)?);
             }
             if applications.is_empty() {
-                bail!(
-                    "no applications given: use --applications 12,13 or --applications-file FILE"
-                );
+                return Err(Text::new(
+                    "no applications given: use --applications 12,13 or --applications-file FILE",
+                    "没有给出任何申请：请使用 --applications 12,13 或 --applications-file FILE",
+                )
+                .into());
             }
             let mode = if sequential {
                 BatchMode::Sequential {
@@ -400,14 +468,19 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let client = server.client();
             let journal = journal_of(journal);
-            let summary = batch::run(&client, &journal, &applications, &mode, !json)?;
-            emit(json, &summary, |s| s.human())?;
+            let summary = batch::run(&client, &journal, &applications, &mode, !json, lang)?;
+            emit(json, &summary, |s| s.human_in(lang))?;
             if summary.failed > 0 {
-                return Err(Reported(format!(
-                    "{} of {} cards failed; run the same batch again for the failed ones with \
-                     their cards",
-                    summary.failed,
-                    summary.results.len()
+                let (failed, all) = (summary.failed, summary.results.len());
+                return Err(Reported(Text::new(
+                    format!(
+                        "{failed} of {all} cards failed; run the same batch again for the failed \
+                         ones with their cards"
+                    ),
+                    format!(
+                        "{all} 张卡片中有 {failed} 张失败；请放上失败的申请对应的卡片，\
+                         对这些申请再运行一次同样的 batch 命令"
+                    ),
                 ))
                 .into());
             }
@@ -426,16 +499,24 @@ pub fn run(cli: Cli) -> Result<()> {
             time,
         } => {
             if debit.is_some() && service != Service::Welfare {
-                bail!("--debit works only with --service welfare");
+                return Err(Text::new(
+                    "--debit works only with --service welfare",
+                    "--debit 只能和 --service welfare 一起使用",
+                )
+                .into());
             }
             let key = TerminalKey::load(&terminal_key)?;
             let cert = read_wire_file(&terminal_cert)?;
             let trust = match (root_key, trust_bundle, server) {
                 (Some(root), Some(bundle), _) => Some(Trust {
                     root: shared_crypto::PublicKey::from_sec1(
-                        &hex::decode(root.trim()).context("--root-key is not hex")?,
+                        &hex::decode(root.trim()).with_text(|| {
+                            Text::new("--root-key is not hex", "--root-key 不是十六进制数据")
+                        })?,
                     )
-                    .map_err(|e| anyhow::anyhow!("--root-key: {e}"))?,
+                    .map_err(|e| {
+                        Text::new(format!("--root-key: {e}"), format!("--root-key：{e}"))
+                    })?,
                     bundle: read_wire_file(&bundle)?,
                 }),
                 (_, _, Some(url)) => {
@@ -463,7 +544,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut link = readers.connect_any(cli.reader.as_deref())?;
             let report = tap::tap(&mut link, &key, &cert, trust.as_ref(), &request)?;
             link.close();
-            emit(json, &report, human_tap)
+            emit(json, &report, |r| human_tap(r, lang))
         }
         Command::Credit {
             server,
@@ -473,7 +554,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let serial: [u8; 8] = hex::decode(serial.trim())
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .context("--serial must be 16 hex digits (the card serial `tap` prints)")?;
+                .ok_or_else(|| {
+                    Text::new(
+                        "--serial must be 16 hex digits (the card serial `tap` prints)",
+                        "--serial 必须是 16 位十六进制数字（即 `tap` 显示的卡片序列号）",
+                    )
+                })?;
             let client = server.client();
             let grant = client.voucher(&serial, amount)?;
             let readers = Readers::new()?;
@@ -495,11 +581,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 seq: grant.seq,
                 balance,
             };
-            emit(json, &c, |c| {
-                format!(
+            emit(json, &c, |c| match lang {
+                Lang::En => format!(
                     "credited {} points (voucher #{}) to card {}; balance now {}\n",
                     c.amount, c.seq, c.serial, c.balance
-                )
+                ),
+                Lang::Zh => format!(
+                    "已向卡片 {} 充值 {} 积分（积分券 #{}）；当前余额 {} 积分\n",
+                    c.serial, c.amount, c.seq, c.balance
+                ),
             })
         }
         Command::Keygen { out, format } => {
@@ -517,11 +607,24 @@ pub fn run(cli: Cli) -> Result<()> {
                 key_id: hex::encode(pk.key_id()),
             };
             emit(json, &m, |m| {
-                format!(
-                    "wrote {} (mode 0600)\npublic key: {}\nkey id:     {}\n\
-                     next: card-tool register-terminal --key {} --services ... --out terminal.cert\n",
-                    m.file, m.public_key, m.key_id, m.file
-                )
+                let next = format!(
+                    "card-tool register-terminal --key {} --services ... --out terminal.cert",
+                    m.file
+                );
+                match lang {
+                    Lang::En => format!(
+                        "wrote {} (mode 0600)\npublic key: {}\nkey id:     {}\nnext: {next}\n",
+                        m.file, m.public_key, m.key_id
+                    ),
+                    Lang::Zh => {
+                        format!("已写入 {}（权限 0600）\n", m.file)
+                            + &table(&[
+                                ("公钥：", m.public_key.clone()),
+                                ("密钥编号：", m.key_id.clone()),
+                                ("下一步：", next),
+                            ])
+                    }
+                }
             })
         }
         Command::RegisterTerminal {
@@ -540,8 +643,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &names,
                 region,
             )?;
-            std::fs::write(&out, hex::encode(&t.certificate) + "\n")
-                .with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&out, hex::encode(&t.certificate) + "\n").with_text(|| writing(&out))?;
             #[derive(Serialize)]
             struct Registered {
                 terminal_id: i64,
@@ -553,17 +655,25 @@ pub fn run(cli: Cli) -> Result<()> {
                 key_id: t.key_id,
                 certificate_file: out.display().to_string(),
             };
-            emit(json, &r, |r| {
-                format!(
+            emit(json, &r, |r| match lang {
+                Lang::En => format!(
                     "terminal {} (key id {}) registered; certificate in {}\n",
                     r.terminal_id, r.key_id, r.certificate_file
-                )
+                ),
+                Lang::Zh => format!(
+                    "终端 {}（密钥编号 {}）已注册；证书保存在 {}\n",
+                    r.terminal_id, r.key_id, r.certificate_file
+                ),
             })
         }
     }
 }
 
-fn human_tap(r: &tap::TapReport) -> String {
+/// What a tap showed, for people, in `lang`.
+fn human_tap(r: &tap::TapReport, lang: Lang) -> String {
+    if lang == Lang::Zh {
+        return human_tap_zh(r);
+    }
     let mut s = format!(
         "service:      {}\ncard serial:  {}\nstatus index: {}\nvalid:        {} .. {} ({})\n\
          issuer:       {} ({})\n",
@@ -619,6 +729,95 @@ fn human_tap(r: &tap::TapReport) -> String {
     s
 }
 
+/// [`human_tap`] in Chinese: the same lines, labels aligned by terminal columns.
+fn human_tap_zh(r: &tap::TapReport) -> String {
+    let rows = [
+        ("服务：", r.service.to_owned()),
+        ("卡片序列号：", r.card_serial.clone()),
+        ("状态索引：", r.status_index.to_string()),
+        (
+            "有效期：",
+            format!(
+                "{} .. {}（{}）",
+                r.valid_from,
+                r.valid_until,
+                if r.valid_now {
+                    "当前有效"
+                } else {
+                    "当前无效"
+                }
+            ),
+        ),
+        (
+            "签发方：",
+            format!(
+                "{}（{}）",
+                r.issuer,
+                if r.issuer_verified {
+                    "签名已对照信任包验证通过"
+                } else {
+                    "未验证：请提供 --server，或同时提供 --root-key 和 --trust-bundle"
+                }
+            ),
+        ),
+    ];
+    let mut tail = Vec::new();
+    if let Some(rc) = &r.receipt {
+        tail.push((
+            "收据：",
+            format!(
+                "扣减 {} 积分，余额 {}（计数器 {}），由卡片签名",
+                rc.amount, rc.balance_after, rc.counter
+            ),
+        ));
+    }
+    if let Some((balance, counter)) = r.balance {
+        tail.push(("余额：", format!("{balance} 积分（计数器 {counter}）")));
+    }
+    let w = r.tap_wire;
+    tail.push((
+        "通信（刷卡）：",
+        format!(
+            "{} 次交互，{} 条 APDU，发出 {} 字节 + 收到 {} 字节 = {} 字节，按 106 kbit/s 计 {:.1} ms",
+            w.exchanges,
+            w.apdus,
+            w.bytes_out,
+            w.bytes_in,
+            w.total_bytes(),
+            w.air_ms(106.0)
+        ),
+    ));
+    if r.total_wire != r.tap_wire {
+        tail.push((
+            "通信（全部）：",
+            format!(
+                "{} 次交互，{} 字节",
+                r.total_wire.exchanges,
+                r.total_wire.total_bytes()
+            ),
+        ));
+    }
+    // One column for the labels of both groups; the disclosed attributes come between them.
+    let width = rows
+        .iter()
+        .chain(&tail)
+        .map(|(label, _)| display_width(label))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let line = |(label, value): &(&str, String)| format!("{}{value}\n", pad(label, width));
+    let mut s: String = rows.iter().map(line).collect();
+    s += "披露的属性：\n";
+    if r.attributes.is_empty() {
+        s += "  （无）\n";
+    }
+    for a in &r.attributes {
+        s += &format!("  {:<19} {}\n", a.name, a.value_zh);
+    }
+    s.extend(tail.iter().map(line));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,6 +839,165 @@ mod tests {
         assert!(parse_attribute("salary")
             .unwrap_err()
             .contains("certificate_number"));
+    }
+
+    #[test]
+    fn lang_is_a_global_option_and_refuses_other_languages() {
+        let cli = Cli::try_parse_from(["card-tool", "readers", "--lang", "zh"]).unwrap();
+        assert_eq!(cli.lang, LangChoice::Zh);
+        assert_eq!(cli.lang.resolve(), Lang::Zh);
+        let cli = Cli::try_parse_from(["card-tool", "--lang", "en", "status"]).unwrap();
+        assert_eq!(cli.lang.resolve(), Lang::En);
+        assert!(Cli::try_parse_from(["card-tool", "--lang", "fr", "status"]).is_err());
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("--lang") && help.contains("CARD_TOOL_LANG"),
+            "{help}"
+        );
+    }
+
+    /// Runs a command line that fails before it needs a reader or a server.
+    fn failure(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let lang = cli.lang.resolve();
+        let e = run(cli).unwrap_err();
+        error_text(&e, lang)
+    }
+
+    #[test]
+    fn command_line_failures_are_said_in_the_chosen_language() {
+        let cases: [&[&str]; 3] = [
+            &["card-tool", "batch", "--server", "http://127.0.0.1:9"],
+            &[
+                "card-tool",
+                "tap",
+                "--service",
+                "transit",
+                "--terminal-key",
+                "k",
+                "--terminal-cert",
+                "c",
+                "--debit",
+                "5",
+            ],
+            &[
+                "card-tool",
+                "credit",
+                "--server",
+                "http://127.0.0.1:9",
+                "--serial",
+                "0102",
+                "--amount",
+                "5",
+            ],
+        ];
+        for args in cases {
+            let en = failure(&[args, &["--lang", "en"]].concat());
+            let zh = failure(&[args, &["--lang", "zh"]].concat());
+            crate::i18n::check_pair(args[1], &en, &zh);
+        }
+        let en = failure(&[cases[0], &["--lang", "en"]].concat());
+        assert_eq!(
+            en,
+            "no applications given: use --applications 12,13 or --applications-file FILE"
+        );
+        // A server that does not answer: the tool's lead-in in Chinese, the URL as it is.
+        let zh = failure(&[
+            "card-tool",
+            "--lang",
+            "zh",
+            "credit",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+            "--serial",
+            "0102030405060708",
+            "--amount",
+            "5",
+        ]);
+        assert!(
+            zh.starts_with("无法连接位于 http://127.0.0.1:9/api/v1/cards/"),
+            "{zh}"
+        );
+        assert!(zh.contains("`issuance-server serve`"), "{zh}");
+        // A key file that is missing: the path kept, the explanation in Chinese.
+        let zh = failure(&[
+            "card-tool",
+            "--lang",
+            "zh",
+            "tap",
+            "--service",
+            "transit",
+            "--terminal-key",
+            "/nonexistent/t.key",
+            "--terminal-cert",
+            "c",
+        ]);
+        assert!(
+            zh.starts_with("读取密钥文件 /nonexistent/t.key 时出错："),
+            "{zh}"
+        );
+    }
+
+    fn report(verified: bool) -> tap::TapReport {
+        let wire = tap::Wire {
+            exchanges: 2,
+            apdus: 3,
+            bytes_out: 266,
+            bytes_in: 431,
+        };
+        tap::TapReport {
+            service: "welfare",
+            card_serial: "abababababababab".into(),
+            status_index: 7,
+            valid_from: 1_799_999_900,
+            valid_until: 1_800_000_100,
+            valid_now: verified,
+            issuer: "0a0b0c0d".into(),
+            issuer_verified: verified,
+            attributes: vec![tap::ShownAttribute {
+                id: 3,
+                name: "category",
+                value: "5 (intellectual)".into(),
+                value_zh: "5（智力残疾）".into(),
+            }],
+            receipt: Some(tap::ReceiptInfo {
+                counter: 1,
+                amount: 15,
+                balance_after: 25,
+                reference: "00".into(),
+                wire: "00".into(),
+            }),
+            balance: Some((25, 1)),
+            tap_wire: wire,
+            total_wire: tap::Wire {
+                exchanges: 3,
+                ..wire
+            },
+        }
+    }
+
+    #[test]
+    fn tap_results_read_in_both_languages() {
+        for verified in [true, false] {
+            let r = report(verified);
+            let en = human_tap(&r, Lang::En);
+            let zh = human_tap(&r, Lang::Zh);
+            // "NOT" is English emphasis, not a name to keep.
+            crate::i18n::check_pair("tap", &en.replace("NOT ", ""), &zh);
+            let columns = crate::i18n::value_columns(&zh);
+            assert_eq!(columns.len(), 9, "{zh}");
+            assert!(columns.iter().all(|c| *c == columns[0]), "{zh}");
+            assert!(zh.contains("  category            5（智力残疾）\n"), "{zh}");
+        }
+        let en = human_tap(&report(false), Lang::En);
+        assert!(en.starts_with("service:      welfare\ncard serial:  abababababababab\n"));
+        assert!(en.contains("(NOT valid now)\n"), "{en}");
+        assert!(
+            en.contains("disclosed:\n  category            5 (intellectual)\n"),
+            "{en}"
+        );
     }
 
     #[test]

@@ -14,9 +14,11 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
+
+use crate::i18n::{creating, reading, Text, WithText};
 
 /// One unfinished job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +75,7 @@ impl Journal {
     /// threads, may share one journal) and writes them back atomically if `f` changed them.
     fn update<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Entry>) -> T) -> Result<T> {
         if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::create_dir_all(dir).with_text(|| creating(dir))?;
         }
         let lock_path = self.path.with_extension("lock");
         let lock = OpenOptions::new()
@@ -81,18 +83,24 @@ impl Journal {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        FileExt::lock_exclusive(&lock)
-            .with_context(|| format!("locking {}", lock_path.display()))?;
+            .with_text(|| {
+                let p = lock_path.display();
+                Text::new(format!("opening {p}"), format!("打开 {p} 时出错"))
+            })?;
+        FileExt::lock_exclusive(&lock).with_text(|| {
+            let p = lock_path.display();
+            Text::new(format!("locking {p}"), format!("给 {p} 加锁时出错"))
+        })?;
         let mut entries: BTreeMap<String, Entry> = match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "the journal {} is damaged; move it away to start a new one",
-                    self.path.display()
+            Ok(bytes) => serde_json::from_slice(&bytes).with_text(|| {
+                let p = self.path.display();
+                Text::new(
+                    format!("the journal {p} is damaged; move it away to start a new one"),
+                    format!("日志文件 {p} 已损坏；请把它移到别处，工具会重新建立一个新的日志"),
                 )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+            Err(e) => return Err(e).with_text(|| reading(&self.path)),
         };
         let before = entries.clone();
         let out = f(&mut entries);
@@ -100,8 +108,10 @@ impl Journal {
             let tmp = self.path.with_extension("json.tmp");
             let text = serde_json::to_vec_pretty(&entries)?;
             write_synced(&tmp, &text)?;
-            fs::rename(&tmp, &self.path)
-                .with_context(|| format!("replacing {}", self.path.display()))?;
+            fs::rename(&tmp, &self.path).with_text(|| {
+                let p = self.path.display();
+                Text::new(format!("replacing {p}"), format!("替换 {p} 时出错"))
+            })?;
         }
         let _ = FileExt::unlock(&lock);
         Ok(out)
@@ -129,7 +139,7 @@ impl Journal {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f = File::create(path).with_text(|| creating(path))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
@@ -174,6 +184,8 @@ mod tests {
         fs::write(&p, "{not json").unwrap();
         let e = Journal::new(p.clone()).record(entry(1)).unwrap_err();
         assert!(format!("{e:#}").contains("damaged"));
+        let zh = crate::i18n::error_text(&e, crate::i18n::Lang::Zh);
+        assert!(zh.starts_with("日志文件") && zh.contains("已损坏"), "{zh}");
         assert_eq!(fs::read_to_string(&p).unwrap(), "{not json");
     }
 }

@@ -6,11 +6,13 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use shared_crypto::sig::{KeyId, SignError};
 use shared_crypto::{P256Signer, PublicKey, Signer};
+
+use crate::i18n::{reading, writing, Text, WithText};
 
 /// How a key file stores the private key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -63,30 +65,50 @@ impl TerminalKey {
             let t = text.trim();
             if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
                 let mut secret = [0u8; 32];
-                hex::decode_to_slice(t, &mut secret).context("decoding the hex key")?;
-                let signer = P256Signer::from_bytes(&secret)
-                    .map_err(|e| anyhow::anyhow!("not a P-256 private key: {e}"))?;
+                hex::decode_to_slice(t, &mut secret)
+                    .with_text(|| Text::new("decoding the hex key", "解码十六进制密钥时出错"))?;
+                let signer = P256Signer::from_bytes(&secret).map_err(|e| {
+                    Text::new(
+                        format!("not a P-256 private key: {e}"),
+                        format!("不是 P-256 私钥：{e}"),
+                    )
+                })?;
                 return Ok(TerminalKey::Raw(signer));
             }
         }
         let rng = SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, bytes, &rng)
             .map_err(|e| {
-                anyhow::anyhow!(
-                    "the key file is neither 64 hex digits nor a P-256 PKCS#8 key ({e}); \
-                     make one with `card-tool keygen --out FILE`"
+                Text::new(
+                    format!(
+                        "the key file is neither 64 hex digits nor a P-256 PKCS#8 key ({e}); \
+                         make one with `card-tool keygen --out FILE`"
+                    ),
+                    format!(
+                        "密钥文件既不是 64 位十六进制数字，也不是 P-256 PKCS#8 密钥（{e}）；\
+                         请用 `card-tool keygen --out FILE` 生成一个"
+                    ),
                 )
             })?;
-        let public = PublicKey::from_sec1_any(pair.public_key().as_ref())
-            .map_err(|e| anyhow::anyhow!("bad public key in PKCS#8: {e}"))?;
+        let public = PublicKey::from_sec1_any(pair.public_key().as_ref()).map_err(|e| {
+            Text::new(
+                format!("bad public key in PKCS#8: {e}"),
+                format!("PKCS#8 中的公钥无效：{e}"),
+            )
+        })?;
         Ok(TerminalKey::Ring { pair, public, rng })
     }
 
     /// Loads a key file.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes =
-            fs::read(path).with_context(|| format!("reading the key file {}", path.display()))?;
-        Self::parse(&bytes).with_context(|| format!("in {}", path.display()))
+        let p = path.display();
+        let bytes = fs::read(path).with_text(|| {
+            Text::new(
+                format!("reading the key file {p}"),
+                format!("读取密钥文件 {p} 时出错"),
+            )
+        })?;
+        Self::parse(&bytes).with_text(|| Text::new(format!("in {p}"), format!("密钥文件 {p} 有误")))
     }
 
     /// Generates a key and writes it to `path` (created, never overwritten, mode 0600).
@@ -95,14 +117,18 @@ impl TerminalKey {
         let (bytes, key) = match format {
             KeyFormat::Pkcs8 => {
                 let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
+                    .map_err(|_| Text::new("the system RNG failed", "系统随机数发生器出错"))?;
                 let key = Self::parse(doc.as_ref())?;
                 (doc.as_ref().to_vec(), key)
             }
             KeyFormat::Hex => {
                 let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
-                let signer = P256Signer::generate(&mut rng)
-                    .map_err(|e| anyhow::anyhow!("generating a key: {e}"))?;
+                let signer = P256Signer::generate(&mut rng).map_err(|e| {
+                    Text::new(
+                        format!("generating a key: {e}"),
+                        format!("生成密钥时出错：{e}"),
+                    )
+                })?;
                 let mut text = hex::encode(signer.secret_bytes());
                 text.push('\n');
                 (text.into_bytes(), TerminalKey::Raw(signer))
@@ -137,28 +163,34 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| {
-            format!(
-                "creating {} (an existing key file is never overwritten: choose another name)",
-                path.display()
+        .with_text(|| {
+            let p = path.display();
+            Text::new(
+                format!(
+                    "creating {p} (an existing key file is never overwritten: choose another name)"
+                ),
+                format!("创建 {p} 时出错（已有的密钥文件永远不会被覆盖：请换一个文件名）"),
             )
         })?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+        .with_text(|| writing(path))
 }
 
 /// Reads a file of wire bytes written as hex text (white space ignored) or raw binary.
 pub fn read_wire_file(path: &Path) -> Result<Vec<u8>> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let p = path.display();
+    let bytes = fs::read(path).with_text(|| reading(path))?;
     if let Ok(text) = std::str::from_utf8(&bytes) {
         let compact: String = text.split_whitespace().collect();
         if !compact.is_empty() && compact.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return hex::decode(&compact).with_context(|| format!("hex in {}", path.display()));
+            return hex::decode(&compact).with_text(|| {
+                Text::new(format!("hex in {p}"), format!("{p} 中的十六进制数据有误"))
+            });
         }
     }
     if bytes.is_empty() {
-        bail!("{} is empty", path.display());
+        return Err(Text::new(format!("{p} is empty"), format!("{p} 是空文件")).into());
     }
     Ok(bytes)
 }
@@ -191,6 +223,8 @@ mod tests {
     fn garbage_is_not_a_key() {
         let e = TerminalKey::parse(b"hello").err().unwrap();
         assert!(e.to_string().contains("card-tool keygen"), "{e}");
+        let zh = crate::i18n::error_text(&e, crate::i18n::Lang::Zh);
+        crate::i18n::check_pair("garbage", &e.to_string(), &zh);
         // 64 hex digits of zeros is not a valid scalar.
         assert!(TerminalKey::parse(&[b'0'; 64]).is_err());
     }

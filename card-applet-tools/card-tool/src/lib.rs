@@ -6,11 +6,13 @@
 //! * [`personalize`]: the resumable personalization flow (server job + SCP03 on the card);
 //! * [`tap`]: the terminal side of a tap (and CREDIT), verifying every answer;
 //! * [`journal`]: what lets a rerun finish a job whose card was locked but not confirmed;
-//! * [`keys`]: terminal keys for diagnostics.
+//! * [`keys`]: terminal keys for diagnostics;
+//! * [`i18n`]: every message in Simplified Chinese and English (`--lang`).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod batch;
 pub mod cli;
+pub mod i18n;
 pub mod journal;
 pub mod keys;
 pub mod personalize;

@@ -14,6 +14,7 @@
 //! discards what an earlier one wrote), so a failure anywhere before the lock is repaired by
 //! running again; a failure after it (answer lost, server down) by the journal.
 
+use std::fmt;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -27,53 +28,127 @@ use shared_crypto::{PublicKey, Signed};
 use card_applet::host::{HostError, PersoData};
 use shared_crypto::model::Disclosure;
 
+use crate::i18n::{error_text, table, Lang, Localized, Phrase, Text};
 use crate::journal::{Entry, Journal};
 use crate::reader::{CardLink, Counted, ReaderError};
 use crate::server::{Client, JobState, PersonalizationJob, ServerError};
 use crate::tap::{self, CardError};
 
 /// Why a personalization stopped. Each message says what to do next.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` is the English message; [`Localized::localized`] gives it in either language.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum PersoError {
     /// The card is already personalized and no interrupted job of this application is known.
-    #[error(
-        "the card in {reader} is already PERSONALIZED (its personalization commands are \
-             refused forever); put a blank card on the reader"
-    )]
     AlreadyPersonalized {
         /// The reader.
         reader: String,
     },
     /// The card is blocked.
-    #[error("the card in {reader} is BLOCKED; it cannot be personalized")]
     Blocked {
         /// The reader.
         reader: String,
     },
     /// The reader or the card failed; nothing is lost.
-    #[error(
-        "{0}. The card stays BLANK until its last step and the server keeps the job: put the \
-             card back and run the same command again"
-    )]
     Card(CardError<ReaderError>),
     /// The reader failed before anything started.
-    #[error(transparent)]
-    Reader(#[from] ReaderError),
+    Reader(ReaderError),
     /// The server failed or refused.
-    #[error("{0}{hint}", hint = if .0.is_transient() {
-        ". Nothing is lost: run the same command again when the server is back"
-    } else { "" })]
-    Server(#[from] ServerError),
+    Server(ServerError),
     /// The server's job or credential is not consistent with the card or the contract.
-    #[error(
-        "the server's job is inconsistent: {0}. Nothing was locked; report this to the \
-             office's administrator"
-    )]
-    BadJob(String),
+    BadJob(Text),
     /// The journal could not be read or written.
-    #[error("the personalization journal failed: {0:#}")]
     Journal(anyhow::Error),
+}
+
+impl Localized for PersoError {
+    fn localized(&self, lang: Lang) -> String {
+        use Lang::{En, Zh};
+        match (self, lang) {
+            (PersoError::AlreadyPersonalized { reader }, En) => format!(
+                "the card in {reader} is already PERSONALIZED (its personalization commands are \
+                 refused forever); put a blank card on the reader"
+            ),
+            (PersoError::AlreadyPersonalized { reader }, Zh) => format!(
+                "{reader} 上的卡片已经是 PERSONALIZED（已个人化）状态，永远不再接受个人化命令；\
+                 请在读卡器上放一张空白卡"
+            ),
+            (PersoError::Blocked { reader }, En) => {
+                format!("the card in {reader} is BLOCKED; it cannot be personalized")
+            }
+            (PersoError::Blocked { reader }, Zh) => {
+                format!("{reader} 上的卡片已被停用（BLOCKED），无法个人化")
+            }
+            (PersoError::Card(e), En) => format!(
+                "{}. The card stays BLANK until its last step and the server keeps the job: put \
+                 the card back and run the same command again",
+                e.localized(En)
+            ),
+            (PersoError::Card(e), Zh) => format!(
+                "{}。卡片在最后一步之前一直是 BLANK（空白）状态，服务器也保留着这个任务：\
+                 请把卡片放回读卡器，再运行一次同一条命令",
+                e.localized(Zh)
+            ),
+            (PersoError::Reader(e), _) => e.localized(lang),
+            (PersoError::Server(e), _) => {
+                let hint = if e.is_transient() {
+                    lang.pick(
+                        ". Nothing is lost: run the same command again when the server is back",
+                        "。没有丢失任何数据：等服务器恢复后，再运行一次同一条命令",
+                    )
+                } else {
+                    ""
+                };
+                format!("{}{hint}", e.localized(lang))
+            }
+            (PersoError::BadJob(why), En) => format!(
+                "the server's job is inconsistent: {}. Nothing was locked; report this to the \
+                 office's administrator",
+                why.en
+            ),
+            (PersoError::BadJob(why), Zh) => format!(
+                "服务器下发的个人化任务有问题：{}。卡片没有被锁定；请把此情况报告给本办证机构的管理员",
+                why.zh
+            ),
+            (PersoError::Journal(e), En) => format!(
+                "the personalization journal failed: {}",
+                error_text(e, En)
+            ),
+            (PersoError::Journal(e), Zh) => {
+                format!("个人化日志出错：{}", error_text(e, Zh))
+            }
+        }
+    }
+}
+
+impl fmt::Display for PersoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.localized(Lang::En))
+    }
+}
+
+impl std::error::Error for PersoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The causes the derived impl had: a server failure is caused by the server's error;
+        // the other variants say what they wrap in their own message.
+        match self {
+            PersoError::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ReaderError> for PersoError {
+    fn from(e: ReaderError) -> Self {
+        PersoError::Reader(e)
+    }
+}
+
+impl From<ServerError> for PersoError {
+    fn from(e: ServerError) -> Self {
+        PersoError::Server(e)
+    }
 }
 
 impl From<CardError<ReaderError>> for PersoError {
@@ -108,8 +183,34 @@ pub struct Personalized {
 }
 
 impl Personalized {
-    /// The result for people.
+    /// The result for people, in English.
     pub fn human(&self) -> String {
+        self.human_in(Lang::En)
+    }
+
+    /// The result for people, in `lang`.
+    pub fn human_in(&self, lang: Lang) -> String {
+        if lang == Lang::Zh {
+            let how = if self.finished_interrupted {
+                "（完成了上次中断的个人化：卡片此前已锁定）"
+            } else if self.resumed_job {
+                "（继续了该申请未完成的任务）"
+            } else {
+                ""
+            };
+            return format!("已完成 {} 上卡片的个人化{how}\n", self.reader)
+                + &table(&[
+                    ("申请编号：", self.application_id.to_string()),
+                    ("任务编号：", self.job_id.to_string()),
+                    ("卡片序列号：", self.card_serial.clone()),
+                    ("状态索引：", self.status_index.to_string()),
+                    ("卡片公钥：", self.card_public_key.clone()),
+                    (
+                        "用时：",
+                        format!("{:.2} 秒，{} 条 APDU", self.seconds, self.apdus),
+                    ),
+                ]);
+        }
         let how = if self.finished_interrupted {
             " (finished an interrupted run: the card was already locked)"
         } else if self.resumed_job {
@@ -132,18 +233,28 @@ impl Personalized {
     }
 }
 
-fn hex_array<const N: usize>(what: &str, s: &str) -> Result<[u8; N], PersoError> {
+/// A job's inconsistency, said in both languages.
+fn bad_job(en: String, zh: String) -> PersoError {
+    PersoError::BadJob(Text::new(en, zh))
+}
+
+fn hex_array<const N: usize>(what: Phrase, s: &str) -> Result<[u8; N], PersoError> {
     hex::decode(s)
         .ok()
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| PersoError::BadJob(format!("{what} is not {N} bytes of hex")))
+        .ok_or_else(|| {
+            bad_job(
+                format!("{} is not {N} bytes of hex", what.en),
+                format!("{} 不是 {N} 字节的十六进制数据", what.zh),
+            )
+        })
 }
 
 fn static_keys(job: &PersonalizationJob) -> Result<StaticKeys, PersoError> {
     Ok(StaticKeys {
-        enc: hex_array("scp03.enc", &job.scp03.enc)?,
-        mac: hex_array("scp03.mac", &job.scp03.mac)?,
-        dek: hex_array("scp03.dek", &job.scp03.dek)?,
+        enc: hex_array(Phrase::same("scp03.enc"), &job.scp03.enc)?,
+        mac: hex_array(Phrase::same("scp03.mac"), &job.scp03.mac)?,
+        dek: hex_array(Phrase::same("scp03.dek"), &job.scp03.dek)?,
     })
 }
 
@@ -154,11 +265,19 @@ type JobAttr = (AttributeId, [u8; NONCE_LEN], Vec<u8>);
 fn job_attributes(job: &PersonalizationJob) -> Result<Vec<JobAttr>, PersoError> {
     let mut out = Vec::new();
     for a in &job.attributes {
-        let id = AttributeId::try_from(a.attribute)
-            .map_err(|_| PersoError::BadJob(format!("unknown attribute id {}", a.attribute)))?;
-        let salt = hex_array::<NONCE_LEN>("attribute salt", &a.salt)?;
+        let n = a.attribute;
+        let id = AttributeId::try_from(n).map_err(|_| {
+            bad_job(
+                format!("unknown attribute id {n}"),
+                format!("未知的属性编号 {n}"),
+            )
+        })?;
+        let salt = hex_array::<NONCE_LEN>(Phrase::new("attribute salt", "属性的盐值"), &a.salt)?;
         let value = hex::decode(&a.value).map_err(|_| {
-            PersoError::BadJob(format!("attribute {} value is not hex", a.attribute))
+            bad_job(
+                format!("attribute {n} value is not hex"),
+                format!("属性 {n} 的值不是十六进制数据"),
+            )
         })?;
         out.push((id, salt, value));
     }
@@ -175,49 +294,62 @@ fn check_credential(
     attributes: &[JobAttr],
     trust: Option<(&PublicKey, &[u8])>,
 ) -> Result<(), PersoError> {
-    let bad = |m: String| PersoError::BadJob(m);
-    let env = Signed::decode(credential_wire).map_err(|e| bad(format!("credential: {e}")))?;
+    // What failed to check: the object in both languages, shared-crypto's reason as it is.
+    let bad = |what: Phrase| {
+        move |e: shared_crypto::Error| {
+            bad_job(format!("{}: {e}", what.en), format!("{}：{e}", what.zh))
+        }
+    };
+    let credential = Phrase::new("credential", "凭证");
+    let wrong = |en: &str, zh: &str| Err(bad_job(en.into(), zh.into()));
+    let env = Signed::decode(credential_wire).map_err(bad(credential))?;
     let body: CredentialBody<'_> = match trust {
         Some((root, bundle)) => {
             let bundle = TrustBundle::verify(bundle, root, None)
-                .map_err(|e| bad(format!("trust bundle: {e}")))?;
+                .map_err(bad(Phrase::new("trust bundle", "信任包")))?;
             let issuer = bundle
                 .find(&env.signer, Role::Issuer, crate::now())
-                .map_err(|e| bad(format!("credential issuer: {e}")))?;
+                .map_err(bad(Phrase::new("credential issuer", "凭证的签发方")))?;
             env.open(&[], &issuer.key)
-                .map_err(|e| bad(format!("credential signature: {e}")))?
+                .map_err(bad(Phrase::new("credential signature", "凭证的签名")))?
         }
-        None => env
-            .decode_trusted()
-            .map_err(|e| bad(format!("credential: {e}")))?,
+        None => env.decode_trusted().map_err(bad(credential))?,
     };
-    body.check_structure()
-        .map_err(|e| bad(format!("credential: {e}")))?;
+    body.check_structure().map_err(bad(credential))?;
     if hex::encode(body.card_serial) != job.card_serial.to_lowercase() {
-        return Err(bad("the credential names another card serial".into()));
+        return wrong(
+            "the credential names another card serial",
+            "凭证上写的是另一张卡的序列号",
+        );
     }
     if body.status_index != job.status_index
         || body.valid_from != job.valid_from
         || body.valid_until != job.valid_until
     {
-        return Err(bad(
-            "the credential's index or validity differ from the job".into(),
-        ));
+        return wrong(
+            "the credential's index or validity differ from the job",
+            "凭证的状态索引或有效期与任务不一致",
+        );
     }
     if &body.card_key.0 != card_key {
-        return Err(bad("the credential certifies another card key".into()));
+        return wrong(
+            "the credential certifies another card key",
+            "凭证认证的是另一张卡的公钥",
+        );
     }
     if body.digests.len() != attributes.len() {
-        return Err(bad(
-            "the credential's digests do not match the job's attributes".into(),
-        ));
+        return wrong(
+            "the credential's digests do not match the job's attributes",
+            "凭证中的摘要与任务的属性不一致",
+        );
     }
     for (id, salt, value) in attributes {
         if body.digest_of(*id) != Some(attribute_digest(salt, *id, value)) {
-            return Err(bad(format!(
-                "the credential's digest of attribute {} does not match its value",
-                *id as u8
-            )));
+            let n = *id as u8;
+            return Err(bad_job(
+                format!("the credential's digest of attribute {n} does not match its value"),
+                format!("凭证中属性 {n} 的摘要与它的值不一致"),
+            ));
         }
     }
     Ok(())
@@ -249,7 +381,10 @@ pub fn personalize(
         let Some(entry) = pending else {
             return Err(PersoError::AlreadyPersonalized { reader });
         };
-        let card_key = hex_array::<33>("journalled card key", &entry.card_public_key)?;
+        let card_key = hex_array::<33>(
+            Phrase::new("journalled card key", "日志中记录的卡片公钥"),
+            &entry.card_public_key,
+        )?;
         let job = client.confirm(entry.job_id, &card_key)?;
         journal
             .remove(&server, application_id)
@@ -276,23 +411,24 @@ pub fn personalize(
         .map_err(|e| host_err("GET DATA (div data)", e))?;
     let (job, created) = client.create_job(application_id, &div_data)?;
     if job.state == JobState::Completed {
-        return Err(PersoError::BadJob(format!(
-            "job {} of application {application_id} is already completed",
-            job.job_id
-        )));
+        let id = job.job_id;
+        return Err(bad_job(
+            format!("job {id} of application {application_id} is already completed"),
+            format!("申请 {application_id} 的任务 {id} 已经完成"),
+        ));
     }
     if job.scp03.kvn != card_applet::KVN {
-        return Err(PersoError::BadJob(format!(
-            "the job's SCP03 key version is {:#04x}, the card's is {:#04x}",
-            job.scp03.kvn,
-            card_applet::KVN
-        )));
+        let (job_kvn, card_kvn) = (job.scp03.kvn, card_applet::KVN);
+        return Err(bad_job(
+            format!("the job's SCP03 key version is {job_kvn:#04x}, the card's is {card_kvn:#04x}"),
+            format!("任务的 SCP03 密钥版本是 {job_kvn:#04x}，卡片的是 {card_kvn:#04x}"),
+        ));
     }
     let keys = static_keys(&job)?;
     let attributes = job_attributes(&job)?;
-    let root_key = hex_array::<33>("root_key", &job.root_key)?;
+    let root_key = hex_array::<33>(Phrase::same("root_key"), &job.root_key)?;
     let root = PublicKey::from_sec1(&root_key)
-        .map_err(|e| PersoError::BadJob(format!("root key: {e}")))?;
+        .map_err(|e| bad_job(format!("root key: {e}"), format!("根公钥：{e}")))?;
 
     // Phase 1: SCP03 and the key pair, generated on the card.
     let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
@@ -392,19 +528,36 @@ fn host_err(step: &'static str, e: HostError<ReaderError>) -> PersoError {
             sw,
             meaning: tap::sw_meaning(sw),
         },
-        HostError::Scp(e) => CardError::Verification(format!(
-            "{step}: secure channel failed ({e}); were the card's keys made from this office's \
-             SCP03 master key?"
+        HostError::Scp(e) => CardError::Verification(Text::new(
+            format!(
+                "{step}: secure channel failed ({e}); were the card's keys made from this \
+                 office's SCP03 master key?"
+            ),
+            format!(
+                "{step}：安全通道建立失败（{e}）；这张卡的密钥是用本办证机构的 SCP03 主密钥生成的吗？"
+            ),
         )),
-        HostError::NotBlank(lc) => CardError::WrongState(format!(
-            "{step}: the card is {} now",
-            tap::life_cycle_name(lc)
-        )),
+        HostError::NotBlank(lc) => {
+            let state = tap::life_cycle_name(lc);
+            CardError::WrongState(Text::new(
+                format!("{step}: the card is {state} now"),
+                format!("{step}：卡片现在是 {state} 状态"),
+            ))
+        }
         HostError::Malformed => CardError::Malformed {
             step,
-            detail: "unexpected answer".into(),
+            detail: Text::new("unexpected answer", "意外的应答"),
         },
-        other => CardError::WrongState(format!("{step}: {other}")),
+        HostError::Encoding => CardError::WrongState(Text::new(
+            format!("{step}: {}", HostError::<ReaderError>::Encoding),
+            format!("{step}：个人化数据过大"),
+        )),
+        HostError::Sign => CardError::WrongState(Text::new(
+            format!("{step}: {}", HostError::<ReaderError>::Sign),
+            format!("{step}：签发方签名失败"),
+        )),
+        // A kind of failure added to card-applet later: its own (English) words.
+        other => CardError::WrongState(Text::same(format!("{step}: {other}"))),
     })
 }
 
@@ -487,7 +640,7 @@ mod tests {
             })
             .collect();
         let mut body = CredentialBody {
-            card_serial: hex_array("serial", &job.card_serial).unwrap(),
+            card_serial: hex_array(Phrase::same("serial"), &job.card_serial).unwrap(),
             status_index: job.status_index,
             valid_from: job.valid_from,
             valid_until: job.valid_until,
@@ -521,6 +674,126 @@ mod tests {
             root,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn every_personalization_error_says_what_to_do_in_both_languages() {
+        let reader = String::from("Virtual PCD 00 00");
+        let unreachable = || ServerError::Unreachable {
+            url: "http://127.0.0.1:9/api/v1/personalization-jobs".into(),
+            detail: "Connection refused".into(),
+        };
+        let journal: anyhow::Error = crate::i18n::Failure::new(
+            crate::i18n::reading(std::path::Path::new("/tmp/journal.json")),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        )
+        .into();
+        let all = [
+            PersoError::AlreadyPersonalized {
+                reader: reader.clone(),
+            },
+            PersoError::Blocked {
+                reader: reader.clone(),
+            },
+            PersoError::Card(CardError::Status {
+                step: "PUT DATA / SET STATUS",
+                sw: 0x6982,
+                meaning: tap::sw_meaning(0x6982),
+            }),
+            PersoError::Card(CardError::Transport(ReaderError::CardLost(
+                pcsc::Error::RemovedCard,
+            ))),
+            PersoError::Reader(ReaderError::NoCard),
+            PersoError::Server(unreachable()),
+            PersoError::Server(ServerError::Api {
+                status: 409,
+                code: "not_approved".into(),
+                message: "application 12 is not approved".into(),
+            }),
+            PersoError::BadJob(Text::new(
+                "the credential certifies another card key",
+                "凭证认证的是另一张卡的公钥",
+            )),
+            PersoError::Journal(journal),
+        ];
+        for e in &all {
+            match e {
+                PersoError::AlreadyPersonalized { .. }
+                | PersoError::Blocked { .. }
+                | PersoError::Card(_)
+                | PersoError::Reader(_)
+                | PersoError::Server(_)
+                | PersoError::BadJob(_)
+                | PersoError::Journal(_) => crate::i18n::check(&format!("{e:?}"), e),
+            }
+        }
+        // A server outage says that nothing is lost, in both languages.
+        let down = PersoError::Server(unreachable());
+        assert!(down.to_string().contains("run the same command again"));
+        assert!(down.localized(Lang::Zh).contains("再运行一次同一条命令"));
+        // The journal's own failure is rendered in the language too.
+        let zh = all[8].localized(Lang::Zh);
+        assert!(
+            zh.starts_with("个人化日志出错：读取 /tmp/journal.json 时出错："),
+            "{zh}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_jobs_are_explained_in_both_languages() {
+        let mut bad = job();
+        bad.attributes[0].attribute = 99;
+        bad.scp03.enc = "zz".into();
+        let errors = [
+            job_attributes(&bad).err(),
+            static_keys(&bad).err(),
+            check_credential(&job(), &[1, 2, 3], &[2; 33], &[], None).err(),
+        ];
+        for e in errors {
+            let Some(PersoError::BadJob(why)) = e else {
+                panic!("{e:?}")
+            };
+            crate::i18n::check_pair("bad job", &why.en, &why.zh);
+        }
+        let wrong = [
+            host_err("SCP03 / GENERATE KEY PAIR", HostError::Malformed),
+            host_err(
+                "PUT DATA / SET STATUS",
+                HostError::NotBlank(LifeCycle::Personalized),
+            ),
+            host_err("PUT DATA / SET STATUS", HostError::Encoding),
+            host_err("PUT DATA / SET STATUS", HostError::Sign),
+            host_err("GET DATA (div data)", HostError::Status(0x6A88)),
+        ];
+        for e in &wrong {
+            crate::i18n::check(&format!("{e:?}"), e);
+        }
+    }
+
+    #[test]
+    fn the_result_reads_in_both_languages() {
+        let done = Personalized {
+            reader: "Virtual PCD 00 00".into(),
+            application_id: 12,
+            job_id: 7,
+            card_serial: "0102030405060708".into(),
+            status_index: 3,
+            card_public_key: "02ab".into(),
+            resumed_job: true,
+            finished_interrupted: false,
+            seconds: 0.25,
+            apdus: 31,
+        };
+        let en = done.human();
+        assert!(en.starts_with(
+            "personalized the card in Virtual PCD 00 00 (resumed the application's unfinished \
+             job)\napplication:  12\n"
+        ));
+        let zh = done.human_in(Lang::Zh);
+        crate::i18n::check_pair("human", &en, &zh);
+        let columns = crate::i18n::value_columns(&zh);
+        assert_eq!(columns.len(), 6, "{zh}");
+        assert!(columns.iter().all(|c| *c == columns[0]), "{zh}");
     }
 
     #[test]
@@ -596,7 +869,7 @@ mod tests {
         let cattrs = job_attributes(&changed).unwrap();
         assert!(matches!(
             check_credential(&changed, &good, &card_key, &cattrs, trust),
-            Err(PersoError::BadJob(m)) if m.contains("digest")
+            Err(PersoError::BadJob(m)) if m.en.contains("digest")
         ));
     }
 }

@@ -1,50 +1,125 @@
 //! The PC/SC layer: readers, cards, and the [`Transport`] the protocol code runs over.
 
 use std::ffi::{CStr, CString};
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use pcsc::{Context, Disposition, Protocols, ReaderState, Scope, ShareMode, State};
 use shared_crypto::apdu::{Transport, WireStats};
 
+use crate::i18n::{Lang, Localized, Phrase};
+
 /// Why talking to a reader or a card failed; each message says what to do next.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` is the English message; [`Localized::localized`] gives it in either language.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum ReaderError {
     /// pcscd is not running (or not reachable).
-    #[error("the PC/SC service is not running: start it with `pcscd -f` (and keep it running)")]
     NoService,
     /// pcscd runs but has no reader.
-    #[error(
-        "no reader found: is pcscd running with a reader driver? For the virtual card, \
-             install vsmartcard-vpcd and start `pcscd -f`"
-    )]
     NoReaders,
     /// The named reader does not exist.
-    #[error(
-        "no reader named {name:?}; the readers are: {known}. List them with `card-tool readers`"
-    )]
     UnknownReader {
         /// The name asked for.
         name: String,
-        /// The readers present.
+        /// The readers present, quoted and comma-separated; empty when they are not known.
         known: String,
     },
     /// No reader holds a card.
-    #[error("no card in any reader: put a card on the reader (or start `virtual-card run`)")]
     NoCard,
     /// The named reader holds no card.
-    #[error("no card in reader {0:?}: put a card on it")]
     NoCardIn(String),
     /// The card left the reader or was reset in the middle of an exchange.
-    #[error("the card was removed or reset during the exchange ({0}); put it back and run the command again")]
     CardLost(pcsc::Error),
     /// Waiting for a card (or its removal) took too long.
-    #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, &'static str),
+    Timeout(Duration, Phrase),
     /// Any other PC/SC failure.
-    #[error("PC/SC error: {0}")]
     Pcsc(pcsc::Error),
 }
+
+/// What [`Readers::wait_for_card`] waits for, as [`ReaderError::Timeout`] names it.
+const AWAIT_CARD: Phrase = Phrase::new("a card", "放入卡片");
+const AWAIT_REMOVAL: Phrase = Phrase::new("the card to be removed", "取走卡片");
+
+impl Localized for ReaderError {
+    fn localized(&self, lang: Lang) -> String {
+        use Lang::{En, Zh};
+        match (self, lang) {
+            (ReaderError::NoService, En) => {
+                "the PC/SC service is not running: start it with `pcscd -f` (and keep it running)"
+                    .into()
+            }
+            (ReaderError::NoService, Zh) => {
+                "PC/SC 服务没有运行：请用 `pcscd -f` 启动它（并让它一直运行）".into()
+            }
+            (ReaderError::NoReaders, En) => "no reader found: is pcscd running with a reader \
+                driver? For the virtual card, install vsmartcard-vpcd and start `pcscd -f`"
+                .into(),
+            (ReaderError::NoReaders, Zh) => "找不到读卡器：pcscd 是否已在运行，并装有读卡器驱动？\
+                使用虚拟卡时，请安装 vsmartcard-vpcd 并启动 `pcscd -f`"
+                .into(),
+            (ReaderError::UnknownReader { name, known }, En) => {
+                let known = if known.is_empty() {
+                    "(see `card-tool readers`)"
+                } else {
+                    known
+                };
+                format!(
+                    "no reader named {name:?}; the readers are: {known}. List them with \
+                     `card-tool readers`"
+                )
+            }
+            (ReaderError::UnknownReader { name, known }, Zh) => {
+                let known = if known.is_empty() {
+                    "（见 `card-tool readers`）"
+                } else {
+                    known
+                };
+                format!(
+                    "没有名为 {name:?} 的读卡器；现有的读卡器是：{known}。可用 \
+                     `card-tool readers` 列出全部读卡器"
+                )
+            }
+            (ReaderError::NoCard, En) => {
+                "no card in any reader: put a card on the reader (or start `virtual-card run`)"
+                    .into()
+            }
+            (ReaderError::NoCard, Zh) => {
+                "所有读卡器上都没有卡片：请把卡片放到读卡器上（或启动 `virtual-card run`）".into()
+            }
+            (ReaderError::NoCardIn(reader), En) => {
+                format!("no card in reader {reader:?}: put a card on it")
+            }
+            (ReaderError::NoCardIn(reader), Zh) => {
+                format!("读卡器 {reader:?} 上没有卡片：请把卡片放上去")
+            }
+            (ReaderError::CardLost(e), En) => format!(
+                "the card was removed or reset during the exchange ({e}); put it back and run \
+                 the command again"
+            ),
+            (ReaderError::CardLost(e), Zh) => format!(
+                "与卡片通信时卡片被拿走或被复位（{e}）；请把卡片放回读卡器，再运行一次该命令"
+            ),
+            (ReaderError::Timeout(after, what), En) => {
+                format!("timed out after {after:?} waiting for {}", what.en)
+            }
+            (ReaderError::Timeout(after, what), Zh) => {
+                format!("等待{}超时（已等 {after:?}）", what.zh)
+            }
+            (ReaderError::Pcsc(e), En) => format!("PC/SC error: {e}"),
+            (ReaderError::Pcsc(e), Zh) => format!("PC/SC 错误：{e}"),
+        }
+    }
+}
+
+impl fmt::Display for ReaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.localized(Lang::En))
+    }
+}
+
+impl std::error::Error for ReaderError {}
 
 impl From<pcsc::Error> for ReaderError {
     fn from(e: pcsc::Error) -> Self {
@@ -157,7 +232,8 @@ impl Readers {
                 }
                 pcsc::Error::UnknownReader => ReaderError::UnknownReader {
                     name: reader.to_string_lossy().into_owned(),
-                    known: String::from("(see `card-tool readers`)"),
+                    // Not listed here: the message points to `card-tool readers`.
+                    known: String::new(),
                 },
                 other => other.into(),
             })?;
@@ -189,11 +265,7 @@ impl Readers {
                 Err(pcsc::Error::Timeout) => {
                     return Err(ReaderError::Timeout(
                         timeout,
-                        if present {
-                            "a card"
-                        } else {
-                            "the card to be removed"
-                        },
+                        if present { AWAIT_CARD } else { AWAIT_REMOVAL },
                     ))
                 }
                 Err(e) => return Err(e.into()),
@@ -286,5 +358,65 @@ impl<T: Transport> Transport for Counted<'_, T> {
         self.stats.bytes_out += command.len() as u32;
         self.stats.bytes_in += n as u32;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::i18n::check;
+
+    #[test]
+    fn every_reader_error_says_what_to_do_in_both_languages() {
+        let all = [
+            ReaderError::NoService,
+            ReaderError::NoReaders,
+            ReaderError::UnknownReader {
+                name: "ACS ACR1252 00 00".into(),
+                known: "\"Virtual PCD 00 00\", \"Virtual PCD 00 01\"".into(),
+            },
+            ReaderError::UnknownReader {
+                name: "ACS ACR1252 00 00".into(),
+                known: String::new(),
+            },
+            ReaderError::NoCard,
+            ReaderError::NoCardIn("Virtual PCD 00 01".into()),
+            ReaderError::CardLost(pcsc::Error::RemovedCard),
+            ReaderError::Timeout(Duration::from_secs(120), AWAIT_CARD),
+            ReaderError::Timeout(Duration::from_secs(120), AWAIT_REMOVAL),
+            ReaderError::Pcsc(pcsc::Error::InternalError),
+        ];
+        for e in &all {
+            // A new variant must be added to the list above (this match stops compiling).
+            match e {
+                ReaderError::NoService
+                | ReaderError::NoReaders
+                | ReaderError::UnknownReader { .. }
+                | ReaderError::NoCard
+                | ReaderError::NoCardIn(_)
+                | ReaderError::CardLost(_)
+                | ReaderError::Timeout(..)
+                | ReaderError::Pcsc(_) => check(&format!("{e:?}"), e),
+            }
+        }
+        // The wording the end-to-end tests and the docs rely on.
+        let e = ReaderError::NoCardIn("Virtual PCD 00 01".into());
+        assert_eq!(
+            e.to_string(),
+            "no card in reader \"Virtual PCD 00 01\": put a card on it"
+        );
+        assert_eq!(
+            e.localized(Lang::Zh),
+            "读卡器 \"Virtual PCD 00 01\" 上没有卡片：请把卡片放上去"
+        );
+        let unknown = ReaderError::UnknownReader {
+            name: "X".into(),
+            known: String::new(),
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "no reader named \"X\"; the readers are: (see `card-tool readers`). List them with \
+             `card-tool readers`"
+        );
     }
 }

@@ -1,20 +1,23 @@
 //! A blocking client of the issuance server's HTTP API (`/api/v1`, see docs/protocol.md).
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shared_crypto::PublicKey;
 
+use crate::i18n::{Lang, Localized, Text};
+
 /// Why a call to the server failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` is the English message; [`Localized::localized`] gives it in either language. The
+/// server's own `code` and `message` are shown as the server sent them (English): they name the
+/// server's rule, and the office's administrator looks them up as they are.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum ServerError {
     /// The server could not be reached.
-    #[error(
-        "cannot reach the issuance server at {url}: {detail}. Is it running \
-             (`issuance-server serve`) and is --server right?"
-    )]
     Unreachable {
         /// The URL called.
         url: String,
@@ -22,10 +25,6 @@ pub enum ServerError {
         detail: String,
     },
     /// The call needs a staff token and none (or an invalid one) was given.
-    #[error(
-        "the server refused the token ({status}: {message}); give a valid staff token with \
-             --token or the CARD_TOOL_TOKEN environment variable"
-    )]
     Unauthorized {
         /// 401 or 403.
         status: u16,
@@ -33,7 +32,6 @@ pub enum ServerError {
         message: String,
     },
     /// The server answered with an error.
-    #[error("the server refused the request ({status} {code}): {message}")]
     Api {
         /// HTTP status.
         status: u16,
@@ -43,14 +41,80 @@ pub enum ServerError {
         message: String,
     },
     /// The answer does not have the contract's form.
-    #[error("the server's answer to {what} is not what this card-tool expects: {detail}")]
     BadResponse {
         /// Which call.
         what: String,
         /// What was wrong.
-        detail: String,
+        detail: Text,
     },
 }
+
+/// The message of [`ServerError::Unauthorized`] when this tool had no token to send (the only
+/// message there that is the tool's own, not the server's).
+const NO_TOKEN: &str = "no token given";
+
+impl Localized for ServerError {
+    fn localized(&self, lang: Lang) -> String {
+        use Lang::{En, Zh};
+        match (self, lang) {
+            (ServerError::Unreachable { url, detail }, En) => format!(
+                "cannot reach the issuance server at {url}: {detail}. Is it running \
+                 (`issuance-server serve`) and is --server right?"
+            ),
+            (ServerError::Unreachable { url, detail }, Zh) => format!(
+                "无法连接位于 {url} 的发证服务器：{detail}。请确认服务器正在运行\
+                 （`issuance-server serve`），并检查 --server 是否填写正确"
+            ),
+            (ServerError::Unauthorized { status, message }, En) => format!(
+                "the server refused the token ({status}: {message}); give a valid staff token \
+                 with --token or the CARD_TOOL_TOKEN environment variable"
+            ),
+            (ServerError::Unauthorized { status, message }, Zh) => {
+                let message = if message == NO_TOKEN {
+                    "未提供令牌"
+                } else {
+                    message
+                };
+                format!(
+                    "服务器拒绝了令牌（{status}：{message}）；请用 --token 或环境变量 \
+                     CARD_TOOL_TOKEN 提供有效的工作人员令牌"
+                )
+            }
+            (
+                ServerError::Api {
+                    status,
+                    code,
+                    message,
+                },
+                En,
+            ) => format!("the server refused the request ({status} {code}): {message}"),
+            (
+                ServerError::Api {
+                    status,
+                    code,
+                    message,
+                },
+                Zh,
+            ) => format!("服务器拒绝了该请求（{status} {code}）：{message}"),
+            (ServerError::BadResponse { what, detail }, En) => format!(
+                "the server's answer to {what} is not what this card-tool expects: {}",
+                detail.en
+            ),
+            (ServerError::BadResponse { what, detail }, Zh) => format!(
+                "服务器对 {what} 的应答与本 card-tool 所要求的格式不符：{}",
+                detail.zh
+            ),
+        }
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.localized(Lang::En))
+    }
+}
+
+impl std::error::Error for ServerError {}
 
 impl ServerError {
     /// Whether retrying later could help (the server is down or overloaded), as opposed to a
@@ -204,7 +268,7 @@ impl Client {
             (None, true) => {
                 return Err(ServerError::Unauthorized {
                     status: 401,
-                    message: "no token given".into(),
+                    message: NO_TOKEN.into(),
                 })
             }
             _ => None,
@@ -256,7 +320,7 @@ impl Client {
             .read_json::<T>()
             .map_err(|e| ServerError::BadResponse {
                 what: what.into(),
-                detail: e.to_string(),
+                detail: Text::same(e.to_string()),
             })
     }
 
@@ -272,7 +336,7 @@ impl Client {
             .read_to_vec()
             .map_err(|e| ServerError::BadResponse {
                 what: what.into(),
-                detail: e.to_string(),
+                detail: Text::same(e.to_string()),
             })
     }
 
@@ -399,7 +463,7 @@ impl Client {
         let bytes = decode_hex("public_key", &r.public_key)?;
         PublicKey::from_sec1(&bytes).map_err(|e| ServerError::BadResponse {
             what: "GET root-key".into(),
-            detail: e.to_string(),
+            detail: Text::same(e.to_string()),
         })
     }
 
@@ -419,7 +483,7 @@ impl Client {
 fn decode_hex(what: &str, s: &str) -> Result<Vec<u8>, ServerError> {
     hex::decode(s).map_err(|e| ServerError::BadResponse {
         what: what.into(),
-        detail: format!("not hex: {e}"),
+        detail: Text::new(format!("not hex: {e}"), format!("不是十六进制数据：{e}")),
     })
 }
 
@@ -450,6 +514,58 @@ mod tests {
         let e = c.job(1).unwrap_err();
         assert!(e.is_transient());
         assert!(e.to_string().contains("issuance-server serve"), "{e}");
+    }
+
+    #[test]
+    fn every_server_error_speaks_both_languages_and_keeps_the_servers_words() {
+        let all = [
+            ServerError::Unreachable {
+                url: "http://127.0.0.1:9/api/v1/cards".into(),
+                detail: "Connection refused".into(),
+            },
+            ServerError::Unauthorized {
+                status: 401,
+                message: NO_TOKEN.into(),
+            },
+            ServerError::Unauthorized {
+                status: 403,
+                message: "the role clerk may not do this".into(),
+            },
+            ServerError::Api {
+                status: 409,
+                code: "not_approved".into(),
+                message: "application 12 is not approved".into(),
+            },
+            ServerError::BadResponse {
+                what: "POST confirm".into(),
+                detail: Text::same("missing field `job_id`"),
+            },
+            ServerError::BadResponse {
+                what: "credential".into(),
+                detail: Text::new(
+                    "not hex: Odd number of digits",
+                    "不是十六进制数据：Odd number of digits",
+                ),
+            },
+        ];
+        for e in &all {
+            match e {
+                ServerError::Unreachable { .. }
+                | ServerError::Unauthorized { .. }
+                | ServerError::Api { .. }
+                | ServerError::BadResponse { .. } => crate::i18n::check(&format!("{e:?}"), e),
+            }
+        }
+        // A refusal: the server's code and message as it sent them, the lead-in in Chinese.
+        let zh = all[3].localized(Lang::Zh);
+        assert_eq!(
+            zh,
+            "服务器拒绝了该请求（409 not_approved）：application 12 is not approved"
+        );
+        assert!(all[2]
+            .localized(Lang::Zh)
+            .contains("the role clerk may not do this"));
+        assert!(all[1].localized(Lang::Zh).contains("未提供令牌"));
     }
 
     #[test]

@@ -16,60 +16,145 @@ use shared_crypto::model::{
 use shared_crypto::wire::{decode_versioned, encode_versioned};
 use shared_crypto::{PublicKey, Signed, Signer};
 
+use crate::i18n::{Lang, Localized, Phrase, Text};
+
 /// Largest answer the tools accept (a tap answer is well under 1 KiB).
 const MAX_ANSWER: usize = 4096;
 
 /// Why a card exchange failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` is the English message; [`Localized::localized`] gives it in either language (for
+/// a transport error that can itself be localized, such as [`ReaderError`](crate::reader::ReaderError)).
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum CardError<E: fmt::Display> {
     /// The reader or the link failed.
-    #[error("{0}")]
     Transport(E),
     /// The card answered a step with an error status word.
-    #[error("the card refused {step} with status {sw:04X} ({meaning})")]
     Status {
         /// Which command.
         step: &'static str,
         /// The status word.
         sw: u16,
         /// What it means here.
-        meaning: &'static str,
+        meaning: Phrase,
     },
     /// The card does not answer like the applet.
-    #[error("the card's answer to {step} is malformed: {detail}")]
     Malformed {
         /// Which command.
         step: &'static str,
         /// What was wrong.
-        detail: String,
+        detail: Text,
     },
     /// Verification of the card's answer failed.
-    #[error("the card's answer does not verify: {0}")]
-    Verification(String),
+    Verification(Text),
     /// The card is not in the state this operation needs.
-    #[error("{0}")]
-    WrongState(String),
+    WrongState(Text),
 }
 
-/// What an ISO status word means (for messages).
-pub fn sw_meaning(sw: u16) -> &'static str {
-    match sw {
-        sw::OK => "ok",
-        sw::BLOCKED => "selected, but the card is blocked",
-        sw::WRONG_LENGTH => "wrong length",
-        sw::LAST_COMMAND_EXPECTED => "last command of a chain expected",
-        sw::SECURITY_STATUS => "security status not satisfied",
-        sw::CONDITIONS => "conditions of use not satisfied",
-        sw::WRONG_DATA => "wrong data",
-        sw::WRONG_P1P2 => "wrong P1/P2",
-        sw::NOT_FOUND => "referenced data not found",
-        sw::INS_NOT_SUPPORTED => "instruction not supported (is this the applet?)",
-        sw::CLA_NOT_SUPPORTED => "class not supported",
-        0x6A82 => "application not found: the card does not hold the certificate applet",
-        _ => "unexpected status",
+impl<E: fmt::Display> CardError<E> {
+    /// The message in `lang`, with the transport error rendered by `transport`.
+    fn render(&self, lang: Lang, transport: impl FnOnce(&E) -> String) -> String {
+        use Lang::{En, Zh};
+        match (self, lang) {
+            (CardError::Transport(e), _) => transport(e),
+            (CardError::Status { step, sw, meaning }, En) => format!(
+                "the card refused {step} with status {sw:04X} ({})",
+                meaning.en
+            ),
+            (CardError::Status { step, sw, meaning }, Zh) => {
+                format!("卡片拒绝了 {step} 命令，状态字 {sw:04X}（{}）", meaning.zh)
+            }
+            (CardError::Malformed { step, detail }, En) => {
+                format!("the card's answer to {step} is malformed: {}", detail.en)
+            }
+            (CardError::Malformed { step, detail }, Zh) => {
+                format!("卡片对 {step} 命令的应答格式不正确：{}", detail.zh)
+            }
+            (CardError::Verification(why), En) => {
+                format!("the card's answer does not verify: {}", why.en)
+            }
+            (CardError::Verification(why), Zh) => {
+                format!("卡片的应答没有通过验证：{}", why.zh)
+            }
+            (CardError::WrongState(why), _) => why.get(lang).to_owned(),
+        }
     }
 }
+
+impl<E: fmt::Display + Localized> Localized for CardError<E> {
+    fn localized(&self, lang: Lang) -> String {
+        self.render(lang, |e| e.localized(lang))
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for CardError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(Lang::En, |e| e.to_string()))
+    }
+}
+
+impl<E: fmt::Display + fmt::Debug> std::error::Error for CardError<E> {}
+
+/// What an ISO status word means (for messages), in both languages.
+pub fn sw_meaning(sw: u16) -> Phrase {
+    let (en, zh) = match sw {
+        sw::OK => ("ok", "成功"),
+        sw::BLOCKED => (
+            "selected, but the card is blocked",
+            "已选中，但卡片已被停用",
+        ),
+        sw::WRONG_LENGTH => ("wrong length", "长度错误"),
+        sw::LAST_COMMAND_EXPECTED => (
+            "last command of a chain expected",
+            "此处应为命令链的最后一条命令",
+        ),
+        sw::SECURITY_STATUS => ("security status not satisfied", "安全状态不满足"),
+        sw::CONDITIONS => ("conditions of use not satisfied", "使用条件不满足"),
+        sw::WRONG_DATA => ("wrong data", "数据错误"),
+        sw::WRONG_P1P2 => ("wrong P1/P2", "P1/P2 参数错误"),
+        sw::NOT_FOUND => ("referenced data not found", "找不到所引用的数据"),
+        sw::INS_NOT_SUPPORTED => (
+            "instruction not supported (is this the applet?)",
+            "不支持该指令（这是残疾人证应用吗？）",
+        ),
+        sw::CLA_NOT_SUPPORTED => ("class not supported", "不支持该类别字节（CLA）"),
+        0x6A82 => (
+            "application not found: the card does not hold the certificate applet",
+            "找不到应用：这张卡片上没有残疾人证应用",
+        ),
+        _ => ("unexpected status", "意外的状态字"),
+    };
+    Phrase::new(en, zh)
+}
+
+/// 6982 to TERMINAL AUTHENTICATE: the card does not accept this terminal.
+const REFUSED_TERMINAL: Phrase = Phrase::new(
+    "the card refused this terminal: its certificate is not signed by the card's root, has \
+     expired, is not a Terminal certificate, does not allow this service, or the request \
+     signature is wrong",
+    "卡片拒绝了这台终端：终端证书不是由卡片信任的根密钥签发、已过期、不是 Terminal（终端）\
+     证书、不允许这项服务，或者请求的签名不对",
+);
+
+/// 6985 to DEBIT.
+const NOT_ENOUGH_POINTS: Phrase = Phrase::new("not enough points on the card", "卡内积分不足");
+
+/// 6982 to DEBIT: the debit is not the one the signed request announced.
+const DEBIT_ALTERED: Phrase = Phrase::new(
+    "the card refused a debit that differs from the one this session's signed request announced \
+     (altered between this tool and the card?); nothing was debited: tap the card again, and if \
+     this repeats, stop using this reader and report it",
+    "卡片拒绝了一笔与本次会话已签名请求所声明的不一致的扣减（在本工具与卡片之间被篡改？）；\
+     没有扣减任何积分：请再刷一次卡，如果仍然出现，请停止使用这台读卡器并上报",
+);
+
+/// 6985 to CREDIT.
+const VOUCHER_REFUSED: Phrase = Phrase::new(
+    "the card refused the voucher: already credited (sequence not above the last), expired, or \
+     for another card",
+    "卡片拒绝了这张积分券：已经充值过（序号不大于上一张）、已过期，或者是给另一张卡的",
+);
 
 fn card_err<E: fmt::Display>(step: &'static str, e: ExchangeError<E>) -> CardError<E> {
     match e {
@@ -81,11 +166,11 @@ fn card_err<E: fmt::Display>(step: &'static str, e: ExchangeError<E>) -> CardErr
         },
         ExchangeError::ResponseTooLong => CardError::Malformed {
             step,
-            detail: "answer too long".into(),
+            detail: Text::new("answer too long", "应答过长"),
         },
         ExchangeError::Malformed => CardError::Malformed {
             step,
-            detail: "answer shorter than a status word".into(),
+            detail: Text::new("answer shorter than a status word", "应答比状态字还短"),
         },
     }
 }
@@ -136,6 +221,22 @@ pub fn life_cycle_name(l: LifeCycle) -> &'static str {
     }
 }
 
+/// A life-cycle state for people: the stable name, and in Chinese what it means after it.
+pub fn life_cycle_shown(l: LifeCycle, lang: Lang) -> String {
+    let name = life_cycle_name(l);
+    match lang {
+        Lang::En => name.to_owned(),
+        Lang::Zh => {
+            let meaning = match l {
+                LifeCycle::Blank => "空白卡",
+                LifeCycle::Personalized => "已个人化",
+                LifeCycle::Blocked => "已停用",
+            };
+            format!("{name}（{meaning}）")
+        }
+    }
+}
+
 /// The result of SELECT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Selected {
@@ -160,7 +261,7 @@ where
             let info: SelectResponse =
                 decode_versioned(&answer).map_err(|e| CardError::Malformed {
                     step: "SELECT",
-                    detail: e.to_string(),
+                    detail: Text::same(e.to_string()),
                 })?;
             Ok(Selected::Applet(CardInfo {
                 applet_version: info.applet_version,
@@ -184,9 +285,10 @@ where
 {
     match select(t, stats)? {
         Selected::Applet(info) => Ok(info),
-        Selected::Blocked => Err(CardError::WrongState(
-            "the card is BLOCKED (an office blocked it): it answers nothing but SELECT".into(),
-        )),
+        Selected::Blocked => Err(CardError::WrongState(Text::new(
+            "the card is BLOCKED (an office blocked it): it answers nothing but SELECT",
+            "卡片已被停用（BLOCKED，由办证机构停用）：除 SELECT 外不再应答任何命令",
+        ))),
         Selected::NotOurCard(sw) => Err(CardError::Status {
             step: "SELECT",
             sw,
@@ -228,6 +330,10 @@ pub struct ShownAttribute {
     pub name: &'static str,
     /// Human form of the value.
     pub value: String,
+    /// The same in Chinese (category and level as the certificate prints them). Only for
+    /// people: the JSON keeps `value` alone.
+    #[serde(skip)]
+    pub value_zh: String,
 }
 
 /// A verified debit receipt.
@@ -329,13 +435,19 @@ pub fn attribute_name(id: AttributeId) -> &'static str {
     }
 }
 
-fn show_value(v: &AttributeValue<'_>) -> String {
+fn show_value(v: &AttributeValue<'_>, lang: Lang) -> String {
     use shared_crypto::model::Entitlements as E;
     match v {
         AttributeValue::Name(s) => (*s).to_owned(),
         AttributeValue::CertificateNumber(c) => c.to_string(),
-        AttributeValue::Category(c) => format!("{} ({})", c.code(), c.name_en()),
-        AttributeValue::Level(l) => format!("{} ({})", l.get(), l.name_en()),
+        AttributeValue::Category(c) => match lang {
+            Lang::En => format!("{} ({})", c.code(), c.name_en()),
+            Lang::Zh => format!("{}（{}）", c.code(), c.name_zh()),
+        },
+        AttributeValue::Level(l) => match lang {
+            Lang::En => format!("{} ({})", l.get(), l.name_en()),
+            Lang::Zh => format!("{}（{}）", l.get(), l.name_zh()),
+        },
         AttributeValue::Region(r) => format!("{r:06}"),
         AttributeValue::BirthYear(y) => y.to_string(),
         AttributeValue::Entitlements(e) => {
@@ -351,7 +463,7 @@ fn show_value(v: &AttributeValue<'_>) -> String {
             .map(|(_, n)| *n)
             .collect();
             if names.is_empty() {
-                "none".into()
+                lang.pick("none", "无").into()
             } else {
                 names.join(",")
             }
@@ -369,8 +481,15 @@ fn fresh_nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-fn verification<E: fmt::Display>(what: &str) -> impl Fn(shared_crypto::Error) -> CardError<E> + '_ {
-    move |e| CardError::Verification(format!("{what}: {e}"))
+/// What failed to verify: `what` names the object, the shared-crypto error says why (its text is
+/// technical and stays as it is in both languages).
+fn verification<E: fmt::Display>(what: Phrase) -> impl Fn(shared_crypto::Error) -> CardError<E> {
+    move |e| {
+        CardError::Verification(Text::new(
+            format!("{}: {e}", what.en),
+            format!("{}：{e}", what.zh),
+        ))
+    }
 }
 
 /// Taps the card as a terminal: SELECT, TERMINAL AUTHENTICATE (and DEBIT / GET BALANCE for
@@ -387,16 +506,18 @@ where
 {
     let mut stats = WireStats::default();
     if request.debit.is_some() && request.service != Service::Welfare {
-        return Err(CardError::WrongState(format!(
-            "only a welfare terminal debits points, not {}",
-            request.service.name()
+        let service = request.service.name();
+        return Err(CardError::WrongState(Text::new(
+            format!("only a welfare terminal debits points, not {service}"),
+            format!("只有 welfare（福利积分）终端才能扣减积分，{service} 终端不能"),
         )));
     }
     let info = select_applet(t, &mut stats)?;
     if info.life_cycle != LifeCycle::Personalized {
-        return Err(CardError::WrongState(format!(
-            "the card is {}: only a personalized card can be tapped",
-            life_cycle_name(info.life_cycle)
+        let state = life_cycle_name(info.life_cycle);
+        return Err(CardError::WrongState(Text::new(
+            format!("the card is {state}: only a personalized card can be tapped"),
+            format!("卡片处于 {state} 状态：只有已个人化的卡片才能刷卡"),
         )));
     }
 
@@ -413,13 +534,24 @@ where
         time: request.now,
         debit: intent,
     };
-    let request_wire = shared_crypto::sig::sign(&body, &info.challenge, key)
-        .map_err(|e| CardError::Verification(format!("signing the tap request: {e}")))?;
-    let cert = Signed::decode(terminal_cert).map_err(|e| {
-        CardError::WrongState(format!("the terminal certificate is malformed: {e}"))
+    let request_wire = shared_crypto::sig::sign(&body, &info.challenge, key).map_err(|e| {
+        CardError::Verification(Text::new(
+            format!("signing the tap request: {e}"),
+            format!("签署刷卡请求时出错：{e}"),
+        ))
     })?;
-    let request_signed = Signed::decode(&request_wire)
-        .map_err(|e| CardError::WrongState(format!("internal: request envelope: {e}")))?;
+    let cert = Signed::decode(terminal_cert).map_err(|e| {
+        CardError::WrongState(Text::new(
+            format!("the terminal certificate is malformed: {e}"),
+            format!("终端证书格式不正确：{e}"),
+        ))
+    })?;
+    let request_signed = Signed::decode(&request_wire).map_err(|e| {
+        CardError::WrongState(Text::new(
+            format!("internal: request envelope: {e}"),
+            format!("内部错误：请求的签名封装：{e}"),
+        ))
+    })?;
     let auth = encode_versioned(&TerminalAuth {
         terminal_cert: cert,
         request: request_signed,
@@ -437,9 +569,7 @@ where
         ExchangeError::Status(sw::SECURITY_STATUS) => CardError::Status {
             step: "TERMINAL AUTHENTICATE",
             sw: sw::SECURITY_STATUS,
-            meaning: "the card refused this terminal: its certificate is not signed by the \
-                      card's root, has expired, is not a Terminal certificate, does not allow \
-                      this service, or the request signature is wrong",
+            meaning: REFUSED_TERMINAL,
         },
         other => card_err("TERMINAL AUTHENTICATE", other),
     })?;
@@ -447,61 +577,81 @@ where
 
     // Verify, then decode. The card key needed to check the envelope is inside the credential,
     // so the credential is read first (and checked against the issuer when we can).
-    let envelope = Signed::decode(&answer).map_err(verification("tap answer envelope"))?;
-    let untrusted: TapResponseBody<'_> = envelope
-        .decode_trusted()
-        .map_err(verification("tap answer body"))?;
+    let envelope = Signed::decode(&answer).map_err(verification(Phrase::new(
+        "tap answer envelope",
+        "刷卡应答的签名封装",
+    )))?;
+    let untrusted: TapResponseBody<'_> = envelope.decode_trusted().map_err(verification(
+        Phrase::new("tap answer body", "刷卡应答的内容"),
+    ))?;
     let credential_env = untrusted.credential;
     let (credential, issuer_verified): (CredentialBody<'_>, bool) = match trust {
         Some(trust) => {
             let bundle = TrustBundle::verify(&trust.bundle, &trust.root, None)
-                .map_err(verification("trust bundle"))?;
+                .map_err(verification(Phrase::new("trust bundle", "信任包")))?;
             let issuer = bundle
                 .find(&credential_env.signer, Role::Issuer, request.now)
-                .map_err(verification("credential issuer"))?;
+                .map_err(verification(Phrase::new(
+                    "credential issuer",
+                    "凭证的签发方",
+                )))?;
             (
                 credential_env
                     .open(&[], &issuer.key)
-                    .map_err(verification("credential signature"))?,
+                    .map_err(verification(Phrase::new(
+                        "credential signature",
+                        "凭证的签名",
+                    )))?,
                 true,
             )
         }
         None => (
             credential_env
                 .decode_trusted()
-                .map_err(verification("credential"))?,
+                .map_err(verification(Phrase::new("credential", "凭证")))?,
             false,
         ),
     };
     credential
         .check_structure()
-        .map_err(verification("credential structure"))?;
+        .map_err(verification(Phrase::new(
+            "credential structure",
+            "凭证的结构",
+        )))?;
     let card_key = credential
         .card_public_key()
-        .map_err(verification("card key"))?;
+        .map_err(verification(Phrase::new("card key", "卡片公钥")))?;
     let context = transcript_hash(&info.challenge, &auth);
-    let verified: TapResponseBody<'_> = envelope.open(&context, &card_key).map_err(
-        verification("card signature over the transcript (a copied credential?)"),
-    )?;
+    let verified: TapResponseBody<'_> =
+        envelope
+            .open(&context, &card_key)
+            .map_err(verification(Phrase::new(
+                "card signature over the transcript (a copied credential?)",
+                "卡片对本次会话记录的签名（凭证被复制了？）",
+            )))?;
     let released = credential
         .check_disclosures(&verified.disclosures)
-        .map_err(verification("disclosures"))?;
+        .map_err(verification(Phrase::new("disclosures", "披露的属性")))?;
     let allowed = request
         .requested
         .intersect(request.service.release_policy());
     if !released.is_subset_of(allowed) {
-        return Err(CardError::Verification(format!(
-            "the card released attributes beyond what {} may read",
-            request.service.name()
+        let service = request.service.name();
+        return Err(CardError::Verification(Text::new(
+            format!("the card released attributes beyond what {service} may read"),
+            format!("卡片披露的属性超出了 {service} 服务可以读取的范围"),
         )));
     }
     let mut attributes = Vec::new();
     for d in verified.disclosures.iter() {
-        let v = d.typed_value().map_err(verification("attribute value"))?;
+        let v = d
+            .typed_value()
+            .map_err(verification(Phrase::new("attribute value", "属性值")))?;
         attributes.push(ShownAttribute {
             id: d.attribute as u8,
             name: attribute_name(d.attribute),
-            value: show_value(&v),
+            value: show_value(&v, Lang::En),
+            value_zh: show_value(&v, Lang::Zh),
         });
     }
 
@@ -566,31 +716,32 @@ where
             ExchangeError::Status(sw::CONDITIONS) => CardError::Status {
                 step: "DEBIT",
                 sw: sw::CONDITIONS,
-                meaning: "not enough points on the card",
+                meaning: NOT_ENOUGH_POINTS,
             },
             ExchangeError::Status(sw::SECURITY_STATUS) => CardError::Status {
                 step: "DEBIT",
                 sw: sw::SECURITY_STATUS,
-                meaning: "the card refused a debit that differs from the one this session's \
-                          signed request announced (altered between this tool and the card?); \
-                          nothing was debited: tap the card again, and if this repeats, stop \
-                          using this reader and report it",
+                meaning: DEBIT_ALTERED,
             },
             other => card_err("DEBIT", other),
         })?;
-    let env = Signed::decode(&answer).map_err(verification("receipt envelope"))?;
+    let env = Signed::decode(&answer).map_err(verification(Phrase::new(
+        "receipt envelope",
+        "收据的签名封装",
+    )))?;
     let r: ReceiptBody = env
         .open(&[], card_key)
-        .map_err(verification("receipt signature"))?;
+        .map_err(verification(Phrase::new("receipt signature", "收据的签名")))?;
     if r.card_serial != credential.card_serial
         || r.amount != amount
         || r.reference != reference
         || r.terminal != terminal.key_id()
         || r.time != now
     {
-        return Err(CardError::Verification(
-            "the receipt does not match the debit asked for".into(),
-        ));
+        return Err(CardError::Verification(Text::new(
+            "the receipt does not match the debit asked for",
+            "收据与所请求的扣减不符",
+        )));
     }
     Ok(ReceiptInfo {
         counter: r.counter,
@@ -634,7 +785,7 @@ where
         }
         _ => Err(CardError::Malformed {
             step: "GET BALANCE",
-            detail: format!("{n} bytes"),
+            detail: Text::new(format!("{n} bytes"), format!("{n} 字节")),
         }),
     }
 }
@@ -651,10 +802,17 @@ where
 {
     let command = CreditCommand {
         voucher_cert: Signed::decode(voucher_cert).map_err(|e| {
-            CardError::WrongState(format!("the voucher certificate is malformed: {e}"))
+            CardError::WrongState(Text::new(
+                format!("the voucher certificate is malformed: {e}"),
+                format!("积分券的证书格式不正确：{e}"),
+            ))
         })?,
-        voucher: Signed::decode(voucher)
-            .map_err(|e| CardError::WrongState(format!("the voucher is malformed: {e}")))?,
+        voucher: Signed::decode(voucher).map_err(|e| {
+            CardError::WrongState(Text::new(
+                format!("the voucher is malformed: {e}"),
+                format!("积分券格式不正确：{e}"),
+            ))
+        })?,
     };
     let data = encode_versioned(&command);
     let answer =
@@ -662,8 +820,7 @@ where
             ExchangeError::Status(sw::CONDITIONS) => CardError::Status {
                 step: "CREDIT",
                 sw: sw::CONDITIONS,
-                meaning: "the card refused the voucher: already credited (sequence not above the \
-                          last), expired, or for another card",
+                meaning: VOUCHER_REFUSED,
             },
             other => card_err("CREDIT", other),
         })?;
@@ -671,7 +828,10 @@ where
         [a, b, c, d] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
         _ => Err(CardError::Malformed {
             step: "CREDIT",
-            detail: format!("{} bytes instead of 4", answer.len()),
+            detail: Text::new(
+                format!("{} bytes instead of 4", answer.len()),
+                format!("{} 字节，应为 4 字节", answer.len()),
+            ),
         }),
     }
 }
@@ -849,7 +1009,7 @@ mod tests {
         let mut transit = request(Service::Transit);
         transit.debit = Some(1);
         match tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &transit) {
-            Err(CardError::WrongState(m)) => assert!(m.contains("welfare"), "{m}"),
+            Err(CardError::WrongState(m)) => assert!(m.en.contains("welfare"), "{m}"),
             other => panic!("{other:?}"),
         }
         assert_eq!(f.card.applet().balance(), Some(25));
@@ -1000,7 +1160,7 @@ mod tests {
             Some(&trust),
             &request(Service::Transit),
         ) {
-            Err(CardError::Verification(m)) => assert!(m.contains("issuer"), "{m}"),
+            Err(CardError::Verification(m)) => assert!(m.en.contains("issuer"), "{m}"),
             other => panic!("{other:?}"),
         }
         // A bundle signed by another root does not verify at all.
@@ -1031,7 +1191,7 @@ mod tests {
             None,
             &request(Service::Transit),
         ) {
-            Err(CardError::WrongState(m)) => assert!(m.contains("BLANK"), "{m}"),
+            Err(CardError::WrongState(m)) => assert!(m.en.contains("BLANK"), "{m}"),
             other => panic!("{other:?}"),
         }
         blank.remove();
@@ -1045,6 +1205,130 @@ mod tests {
             ),
             Err(CardError::Transport(_))
         ));
+    }
+
+    #[test]
+    fn status_words_mean_the_same_in_both_languages() {
+        let words = [
+            sw::OK,
+            sw::BLOCKED,
+            sw::WRONG_LENGTH,
+            sw::LAST_COMMAND_EXPECTED,
+            sw::SECURITY_STATUS,
+            sw::CONDITIONS,
+            sw::WRONG_DATA,
+            sw::WRONG_P1P2,
+            sw::NOT_FOUND,
+            sw::INS_NOT_SUPPORTED,
+            sw::CLA_NOT_SUPPORTED,
+            0x6A82,
+            0x6F00,
+        ];
+        for w in words {
+            let m = sw_meaning(w);
+            crate::i18n::check_pair(&format!("{w:04X}"), m.en, m.zh);
+        }
+        for m in [
+            REFUSED_TERMINAL,
+            NOT_ENOUGH_POINTS,
+            DEBIT_ALTERED,
+            VOUCHER_REFUSED,
+        ] {
+            crate::i18n::check_pair(m.en, m.en, m.zh);
+        }
+    }
+
+    #[test]
+    fn every_card_error_speaks_both_languages() {
+        use crate::reader::ReaderError;
+        let all: [CardError<ReaderError>; 6] = [
+            CardError::Transport(ReaderError::NoCardIn("Virtual PCD 00 00".into())),
+            CardError::Status {
+                step: "TERMINAL AUTHENTICATE",
+                sw: sw::SECURITY_STATUS,
+                meaning: REFUSED_TERMINAL,
+            },
+            CardError::Status {
+                step: "SELECT",
+                sw: 0x6A82,
+                meaning: sw_meaning(0x6A82),
+            },
+            CardError::Malformed {
+                step: "CREDIT",
+                detail: Text::new("3 bytes instead of 4", "3 字节，应为 4 字节"),
+            },
+            CardError::Verification(Text::new(
+                "the receipt does not match the debit asked for",
+                "收据与所请求的扣减不符",
+            )),
+            CardError::WrongState(Text::new(
+                "the card is BLANK: only a personalized card can be tapped",
+                "卡片处于 BLANK 状态：只有已个人化的卡片才能刷卡",
+            )),
+        ];
+        for e in &all {
+            match e {
+                CardError::Transport(_)
+                | CardError::Status { .. }
+                | CardError::Malformed { .. }
+                | CardError::Verification(_)
+                | CardError::WrongState(_) => crate::i18n::check(&format!("{e:?}"), e),
+            }
+        }
+        assert_eq!(
+            all[2].localized(Lang::Zh),
+            "卡片拒绝了 SELECT 命令，状态字 6A82（找不到应用：这张卡片上没有残疾人证应用）"
+        );
+    }
+
+    #[test]
+    fn refusals_found_on_the_card_are_explained_in_both_languages() {
+        let mut f = fixture();
+        // Each refusal as the card makes it, rendered with the in-memory card's transport.
+        type Refusal = CardError<<InMemoryCard<TestRng> as Transport>::Error>;
+        let zh = |e: &Refusal| e.render(Lang::Zh, |t| t.to_string());
+        let mut blank = InMemoryCard::blank(TestRng::new(3), &[1; 16], [2; 10]).unwrap();
+        let e = tap(
+            &mut blank,
+            &f.terminal,
+            &f.terminal_cert,
+            None,
+            &request(Service::Transit),
+        )
+        .unwrap_err();
+        crate::i18n::check_pair("blank", &e.to_string(), &zh(&e));
+        let mut req = request(Service::Welfare);
+        req.debit = Some(1000);
+        let e = tap(&mut f.card, &f.terminal, &f.terminal_cert, None, &req).unwrap_err();
+        assert!(zh(&e).contains("卡内积分不足"), "{}", zh(&e));
+        crate::i18n::check_pair("debit", &e.to_string(), &zh(&e));
+        let foreign = cert(&key(9), &f.terminal, Role::Terminal, Service::ALL);
+        let e = tap(
+            &mut f.card,
+            &f.terminal,
+            &foreign,
+            None,
+            &request(Service::Transit),
+        )
+        .unwrap_err();
+        crate::i18n::check_pair("foreign", &e.to_string(), &zh(&e));
+        let bad_root = Trust {
+            root: key(9).public_key(),
+            bundle: f.trust.bundle.clone(),
+        };
+        let e = tap(
+            &mut f.card,
+            &f.terminal,
+            &f.terminal_cert,
+            Some(&bad_root),
+            &request(Service::Transit),
+        )
+        .unwrap_err();
+        assert!(
+            zh(&e).starts_with("卡片的应答没有通过验证：信任包："),
+            "{}",
+            zh(&e)
+        );
     }
 
     #[test]

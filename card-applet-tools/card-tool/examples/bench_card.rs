@@ -34,7 +34,7 @@ const KBIT_S: f64 = 106.0;
 fn main() -> Result<()> {
     let _pcsc = pcsc_session()?;
     let office = Office::start()?;
-    let client = Client::new(&office.server.url, Some(office.clerk.clone()));
+    let client = Client::new(&office.server.url, Some(office.clerk.clone()), None)?;
     let journal = Journal::new(office.path("journal.json"));
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
 
@@ -61,7 +61,7 @@ fn main() -> Result<()> {
     let state = last_state.context("no card")?;
     let card = VirtualCard::insert(&state, 0, &[])?;
     let key = TerminalKey::generate(&office.path("bench.key"), KeyFormat::Pkcs8)?;
-    let admin = Client::new(&office.server.url, Some(office.admin.clone()));
+    let admin = Client::new(&office.server.url, Some(office.admin.clone()), None)?;
     let cert = admin
         .register_terminal(
             "bench terminal",

@@ -18,7 +18,7 @@ use crate::journal::Journal;
 use crate::keys::{read_wire_file, KeyFormat, TerminalKey};
 use crate::personalize;
 use crate::reader::Readers;
-use crate::server::Client;
+use crate::server::{Client, ServerError};
 use crate::tap::{self, life_cycle_shown, Selected, TapRequest, Trust};
 
 const AFTER_HELP: &str = "\
@@ -64,6 +64,11 @@ pub struct Cli {
         value_name = "auto|zh|en"
     )]
     pub lang: LangChoice,
+    /// The office's CA certificate (PEM) for an https:// server with its own CA: then only
+    /// that CA is trusted for the server. Without it an https:// server needs a certificate
+    /// from a public CA.
+    #[arg(long, global = true, env = "CARD_TOOL_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -72,7 +77,8 @@ pub struct Cli {
 /// The issuance server and the staff token.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Base URL of the issuance server.
+    /// Base URL of the issuance server: https://HOST[:PORT], or http://127.0.0.1:PORT for a
+    /// server on this machine (plain HTTP to another machine is refused).
     #[arg(long, env = "CARD_TOOL_SERVER", value_name = "URL")]
     pub server: String,
     /// Staff bearer token (clerk or admin; `issuance-server user add` prints one).
@@ -81,8 +87,8 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn client(&self) -> Client {
-        Client::new(&self.server, self.token.clone())
+    fn client(&self, ca_cert: Option<&std::path::Path>) -> Result<Client, ServerError> {
+        Client::new(&self.server, self.token.clone(), ca_cert)
     }
 }
 
@@ -432,7 +438,7 @@ pub fn run(cli: Cli) -> Result<()> {
             application,
             journal,
         } => {
-            let client = server.client();
+            let client = server.client(cli.ca_cert.as_deref())?;
             let journal = journal_of(journal);
             let readers = Readers::new()?;
             let mut link = readers.connect_any(cli.reader.as_deref())?;
@@ -466,7 +472,7 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 BatchMode::PerReader
             };
-            let client = server.client();
+            let client = server.client(cli.ca_cert.as_deref())?;
             let journal = journal_of(journal);
             let summary = batch::run(&client, &journal, &applications, &mode, !json, lang)?;
             emit(json, &summary, |s| s.human_in(lang))?;
@@ -520,7 +526,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     bundle: read_wire_file(&bundle)?,
                 }),
                 (_, _, Some(url)) => {
-                    let c = Client::new(&url, None);
+                    let c = Client::new(&url, None, cli.ca_cert.as_deref())?;
                     Some(Trust {
                         root: c.root_key()?,
                         bundle: c.trust_bundle()?,
@@ -560,7 +566,7 @@ pub fn run(cli: Cli) -> Result<()> {
                         "--serial 必须是 16 位十六进制数字（即 `tap` 显示的卡片序列号）",
                     )
                 })?;
-            let client = server.client();
+            let client = server.client(cli.ca_cert.as_deref())?;
             let grant = client.voucher(&serial, amount)?;
             let readers = Readers::new()?;
             let mut link = readers.connect_any(cli.reader.as_deref())?;
@@ -637,7 +643,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let key = TerminalKey::load(&key)?;
             let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
-            let t = server.client().register_terminal(
+            let t = server.client(cli.ca_cert.as_deref())?.register_terminal(
                 &subject,
                 &key.public_key().to_sec1(),
                 &names,

@@ -1,6 +1,7 @@
 //! A blocking client of the issuance server's HTTP API (`/api/v1`, see docs/protocol.md).
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -39,6 +40,24 @@ pub enum ServerError {
         code: String,
         /// The server's explanation.
         message: String,
+    },
+    /// Plain `http://` to another machine: tokens, personal data and card keys would cross the
+    /// network in clear.
+    PlainHttp {
+        /// The URL given.
+        url: String,
+    },
+    /// The URL is not `https://HOST` or `http://HOST`.
+    BadUrl {
+        /// The URL given.
+        url: String,
+    },
+    /// The `--ca-cert` file cannot be read or holds no certificate.
+    BadCa {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        detail: String,
     },
     /// The answer does not have the contract's form.
     BadResponse {
@@ -96,6 +115,33 @@ impl Localized for ServerError {
                 },
                 Zh,
             ) => format!("服务器拒绝了该请求（{status} {code}）：{message}"),
+            (ServerError::PlainHttp { url }, En) => format!(
+                "{url} is plain HTTP to another machine: staff tokens, personal data and card \
+                 keys would cross the network in clear. Use the server's https:// address (with \
+                 --ca-cert for the office's own CA), or http:// only to a server on this machine \
+                 (127.0.0.1)"
+            ),
+            (ServerError::PlainHttp { url }, Zh) => format!(
+                "{url} 是通往另一台机器的明文 HTTP：工作人员令牌、个人信息和卡片密钥会以明文在\
+                 网络上传输。请使用服务器的 https:// 地址（办公室自建 CA 时加 --ca-cert），\
+                 http:// 只能用于本机上的服务器（127.0.0.1）"
+            ),
+            (ServerError::BadUrl { url }, En) => format!(
+                "--server {url:?} is not a server address: give https://HOST[:PORT] (or \
+                 http://127.0.0.1:PORT for a server on this machine)"
+            ),
+            (ServerError::BadUrl { url }, Zh) => format!(
+                "--server {url:?} 不是服务器地址：请填写 https://HOST[:PORT]（HOST 为服务器主机名，\
+                 PORT 为端口；本机上的服务器可用 http://127.0.0.1:PORT）"
+            ),
+            (ServerError::BadCa { path, detail }, En) => format!(
+                "the CA certificate {path} cannot be used ({detail}); give the office's CA \
+                 certificate as a PEM file (-----BEGIN CERTIFICATE-----) with --ca-cert"
+            ),
+            (ServerError::BadCa { path, detail }, Zh) => format!(
+                "CA 证书 {path} 无法使用（{detail}）；请用 --ca-cert 指定办公室 CA 证书的 PEM \
+                 文件（-----BEGIN CERTIFICATE-----）"
+            ),
             (ServerError::BadResponse { what, detail }, En) => format!(
                 "the server's answer to {what} is not what this card-tool expects: {}",
                 detail.en
@@ -225,21 +271,81 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+/// Whether `url` (`scheme://authority[/path]`) is plain HTTP to this machine, HTTPS, or neither;
+/// `None` when it names no host.
+fn scheme_of(url: &str) -> Option<(bool, bool)> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, url.strip_prefix("http://")?)
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    Some((tls, loopback))
+}
+
+/// The certificates of a PEM file given with `--ca-cert`.
+fn read_ca(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, ServerError> {
+    let bad = |detail: String| ServerError::BadCa {
+        path: path.display().to_string(),
+        detail,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| bad(e.to_string()))? {
+            ureq::tls::PemItem::Certificate(c) => certs.push(c.to_owned()),
+            // A key or a CRL next to the certificate is not ours to use.
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
 impl Client {
-    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`), with an optional staff
-    /// bearer token.
-    pub fn new(base: &str, token: Option<String>) -> Self {
+    /// A client for the server at `base`, with an optional staff bearer token: `https://` to
+    /// any host, trusting only the CA certificates in `ca` (PEM) when given and the public CAs
+    /// built into this program otherwise, or plain `http://` to this machine only (a server on
+    /// 127.0.0.1, or a TLS-terminating proxy there).
+    pub fn new(base: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self, ServerError> {
+        use ureq::tls::{RootCerts, TlsConfig};
+        let (tls, loopback) = scheme_of(base).ok_or_else(|| ServerError::BadUrl {
+            url: base.to_owned(),
+        })?;
+        if !tls && !loopback {
+            return Err(ServerError::PlainHttp {
+                url: base.to_owned(),
+            });
+        }
+        let roots = match ca {
+            Some(path) => RootCerts::new_with_certs(&read_ca(path)?),
+            None => RootCerts::WebPki,
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             // 4xx/5xx answers carry a JSON reason we want to show.
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();
-        Client {
+        Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             token,
             agent,
-        }
+        })
     }
 
     /// The server's base URL.
@@ -510,7 +616,7 @@ mod tests {
     #[test]
     fn an_unreachable_server_says_what_to_do() {
         // Port 9 (discard) is closed on loopback here; the connection is refused at once.
-        let c = Client::new("http://127.0.0.1:9", Some("t".into()));
+        let c = Client::new("http://127.0.0.1:9", Some("t".into()), None).unwrap();
         let e = c.job(1).unwrap_err();
         assert!(e.is_transient());
         assert!(e.to_string().contains("issuance-server serve"), "{e}");
@@ -547,12 +653,25 @@ mod tests {
                     "不是十六进制数据：Odd number of digits",
                 ),
             },
+            ServerError::PlainHttp {
+                url: "http://192.0.2.7:8080".into(),
+            },
+            ServerError::BadUrl {
+                url: "192.0.2.7:8080".into(),
+            },
+            ServerError::BadCa {
+                path: "/etc/office-ca.pem".into(),
+                detail: "no certificate in it".into(),
+            },
         ];
         for e in &all {
             match e {
                 ServerError::Unreachable { .. }
                 | ServerError::Unauthorized { .. }
                 | ServerError::Api { .. }
+                | ServerError::PlainHttp { .. }
+                | ServerError::BadUrl { .. }
+                | ServerError::BadCa { .. }
                 | ServerError::BadResponse { .. } => crate::i18n::check(&format!("{e:?}"), e),
             }
         }
@@ -569,8 +688,57 @@ mod tests {
     }
 
     #[test]
+    fn https_anywhere_plain_http_only_on_this_machine() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080/",
+            "http://[::1]:8080",
+            "https://office.example:8443",
+            "https://192.0.2.7/",
+            "https://[2001:db8::1]:8443",
+        ] {
+            assert!(Client::new(ok, None, None).is_ok(), "{ok}");
+        }
+        for plain in [
+            "http://192.0.2.7:8080",
+            "http://office.example",
+            "http://[2001:db8::1]",
+        ] {
+            let e = Client::new(plain, None, None).err().unwrap();
+            assert!(matches!(e, ServerError::PlainHttp { .. }), "{plain}: {e}");
+            assert!(e.to_string().contains("https://"), "{e}");
+        }
+        for bad in [
+            "192.0.2.7:8080",
+            "ftp://127.0.0.1",
+            "https://",
+            "http://:80",
+            "",
+        ] {
+            let e = Client::new(bad, None, None).err().unwrap();
+            assert!(matches!(e, ServerError::BadUrl { .. }), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.pem");
+        let e = Client::new("https://office.example", None, Some(&missing))
+            .err()
+            .unwrap();
+        assert!(matches!(e, ServerError::BadCa { .. }), "{e}");
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = Client::new("https://office.example", None, Some(&not_pem))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no certificate in it"), "{e}");
+    }
+
+    #[test]
     fn a_call_that_needs_a_token_refuses_without_one() {
-        let c = Client::new("http://127.0.0.1:9", None);
+        let c = Client::new("http://127.0.0.1:9", None, None).unwrap();
         let e = c.job(1).unwrap_err();
         assert!(matches!(e, ServerError::Unauthorized { .. }));
         assert!(e.to_string().contains("CARD_TOOL_TOKEN"), "{e}");

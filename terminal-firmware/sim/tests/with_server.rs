@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use e2e_tests::{
-    binary, card_tool, make_office_ca, pcsc_session, run_ok, run_output, Server, VirtualCard,
+    binary, card_tool, make_office_ca, pcsc_session, run_fails, run_ok, run_output, Server,
+    VirtualCard,
 };
 use serde_json::{json, Value};
 
@@ -298,7 +299,8 @@ fn taps_on_a_virtual_card_through_pcscd_then_revocation_and_upload() -> Result<(
 }
 
 #[test]
-fn a_service_point_reaches_the_office_over_https_with_its_ca_pinned() -> Result<()> {
+fn a_desk_and_a_service_point_reach_the_office_over_https_with_its_ca() -> Result<()> {
+    let _pcsc = pcsc_session()?;
     let mut server = Server::start()?;
     let tls = server.serve_tls()?;
     assert!(
@@ -368,6 +370,52 @@ fn a_service_point_reaches_the_office_over_https_with_its_ca_pinned() -> Result<
     assert_eq!(s["failed"], json!([]), "{s}");
     let up = ok_json(sim()?.arg("--data").arg(&data).args(["upload", "--json"]))?;
     assert_eq!(up["batches"], 0, "{up}");
+
+    // The desk personalizes a card over HTTPS: without the office CA (or with plain HTTP to
+    // another machine) nothing reaches the server and the card stays blank.
+    let state = tmp.path().join("card.json");
+    VirtualCard::init_blank(&state, &server.scp03_master()?, None)?;
+    let card = VirtualCard::insert(&state, 0, &[])?;
+    let reader = card.reader();
+    let clerk = server.add_user("clerk1", "clerk")?;
+    let approver = server.add_user("approver1", "approver")?;
+    let id = server
+        .approved_application(&clerk, &approver, e2e_tests::applicant(7))?
+        .to_string();
+    let personalize = |server_url: &str, ca: Option<&Path>| -> Result<Command> {
+        let mut cmd = card_tool()?;
+        if let Some(ca) = ca {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        cmd.args(["--reader", &reader, "personalize", "--server", server_url])
+            .args(["--token", &clerk, "--application", &id, "--journal"])
+            .arg(tmp.path().join("journal.json"));
+        Ok(cmd)
+    };
+    let err = run_fails(&mut personalize(&server.url, None)?)?;
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = run_fails(&mut personalize(&server.url, Some(&other.ca))?)?;
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = run_fails(&mut personalize("http://192.0.2.7:8080", None)?)?;
+    assert!(err.contains("plain HTTP to another machine"), "{err}");
+    let status: Value = serde_json::from_str(&run_ok(
+        card_tool()?.args(["--json", "--reader", &reader, "status"]),
+    )?)?;
+    assert_eq!(status["life_cycle"], "BLANK", "{status}");
+    run_ok(&mut personalize(&server.url, Some(&tls.ca))?)?;
+
+    // The service point taps it and uploads the tap, all over HTTPS.
+    let out = run(sim()?.arg("--data").arg(&data).args([
+        "tap", "--json", "--lang", "en", "--wait", "5", "--reader", &reader,
+    ]))?;
+    let tap = json_of(&out)?;
+    assert_eq!(tap["outcome"], "accepted", "{tap}");
+    let up = ok_json(sim()?.arg("--data").arg(&data).args(["upload", "--json"]))?;
+    assert_eq!(
+        (up["records"].as_u64(), up["accepted"].as_u64()),
+        (Some(1), Some(1)),
+        "{up}"
+    );
 
     // The pinned CA is what is trusted: replaced by another office's, sync fails on every object.
     std::fs::copy(&other.ca, data.join("server-ca.pem"))?;

@@ -8,7 +8,8 @@
 //!   a `counter_seen_twice` anomaly (a cloned or rolled-back purse), with both receipts; the
 //!   first one stays in the ledger. The same receipt again is simply not stored twice.
 //! * **gaps**: counters skipped above the highest one seen are a `counter_gap` anomaly; when
-//!   later receipts fill the range, the anomaly is marked resolved.
+//!   later receipts fill the range, the anomaly is marked resolved, and while they fill it in
+//!   part, it says which counters are still missing.
 //! * **balances**: between consecutive receipts n and n+1 the card must have received
 //!   `balance_after(n+1) + amount(n+1) - balance_after(n) >= 0` points (credits only come in
 //!   vouchers); receipt 1 follows the card's initial points. And the points a card's receipts
@@ -592,26 +593,100 @@ async fn resolve_counter_gaps(tx: &mut WriteTx, serial: &[u8; 8]) -> ApiResult<(
         let Some((from, to)) = missing_range(&evidence) else {
             continue;
         };
-        let present: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM receipts WHERE card_serial = $1 AND counter >= $2 AND \
-             counter <= $3",
+        let present: Vec<i64> = sqlx::query_scalar(
+            "SELECT counter FROM receipts WHERE card_serial = $1 AND counter >= $2 AND \
+             counter <= $3 ORDER BY counter",
         )
         .bind(serial.to_vec())
         .bind(from)
         .bind(to)
-        .fetch_one(tx.conn())
+        .fetch_all(tx.conn())
         .await?;
-        if present == to - from + 1 {
+        if present.len() as i64 == to - from + 1 {
             anomalies::resolve(tx, id).await?;
             // The receipt the gap lacked has come: no debit of it was lost.
             let fingerprint: Option<String> = row.try_get("fingerprint")?;
             if let Some(f) = fingerprint {
                 anomalies::resolve_named(tx, Kind::InterruptedDebitCompleted, &f).await?;
             }
+        } else if !present.is_empty() {
+            narrow_gap(tx, id, &evidence, from, to, &present).await?;
         }
     }
     Ok(())
 }
+
+/// Most ranges of counters a partly filled gap's evidence lists (the count is always exact).
+const STILL_MISSING_LISTED: usize = 32;
+
+/// The counters of `from..=to` not in `present` (ascending), as inclusive ranges.
+fn still_missing(from: i64, to: i64, present: &[i64]) -> Vec<[i64; 2]> {
+    let mut out = Vec::new();
+    let mut next = from;
+    for &c in present.iter().chain(std::iter::once(&(to + 1))) {
+        if c > next {
+            out.push([next, c - 1]);
+        }
+        next = next.max(c + 1);
+    }
+    out
+}
+
+/// A gap that later receipts filled in part stays open (it is the same missing-receipt
+/// question, and other findings name it by its fingerprint), but says which counters are still
+/// missing, so that an auditor does not look for receipts that have arrived. The original range
+/// stays in the evidence as it was found.
+async fn narrow_gap(
+    tx: &mut WriteTx,
+    id: i64,
+    evidence: &str,
+    from: i64,
+    to: i64,
+    present: &[i64],
+) -> ApiResult<()> {
+    let missing = still_missing(from, to, present);
+    let count: i64 = missing.iter().map(|[a, b]| b - a + 1).sum();
+    let mut v: serde_json::Value = serde_json::from_str(evidence)
+        .map_err(|e| anyhow::anyhow!("stored gap evidence is not JSON: {e}"))?;
+    let listed: Vec<serde_json::Value> = missing
+        .iter()
+        .take(STILL_MISSING_LISTED)
+        .map(|r| serde_json::json!(r))
+        .collect();
+    v["still_missing"] = listed.into();
+    v["still_missing_count"] = count.into();
+    let words: Vec<String> = missing
+        .iter()
+        .take(STILL_MISSING_LISTED)
+        .map(|[a, b]| counter_range(*a, *b))
+        .collect();
+    let more = if missing.len() > STILL_MISSING_LISTED {
+        ", ..."
+    } else {
+        ""
+    };
+    let detail: String = sqlx::query_scalar("SELECT detail FROM anomalies WHERE id = $1")
+        .bind(id)
+        .fetch_one(tx.conn())
+        .await?;
+    // The sentence as found, then what is still missing now (replacing an earlier update's).
+    let found = detail.split(STILL_MISSING_SAID).next().unwrap_or(&detail);
+    let detail = format!(
+        "{found}{STILL_MISSING_SAID}{} ({count} of {})",
+        words.join(", ") + more,
+        to - from + 1
+    );
+    sqlx::query("UPDATE anomalies SET evidence = $1, detail = $2 WHERE id = $3")
+        .bind(v.to_string())
+        .bind(detail)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// How a partly filled gap's detail goes on.
+const STILL_MISSING_SAID: &str = "; still missing: ";
 
 /// Open counter gaps of `cards` whose time window holds a tap that a terminal logged as
 /// `debit_interrupted`: the card most likely completed that debit and its receipt was lost with
@@ -901,6 +976,16 @@ async fn statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn still_missing_lists_the_holes_left_in_a_gap() {
+        assert_eq!(still_missing(2, 5, &[3, 4]), [[2, 2], [5, 5]]);
+        assert_eq!(still_missing(2, 5, &[2]), [[3, 5]]);
+        assert_eq!(still_missing(2, 5, &[5]), [[2, 4]]);
+        assert_eq!(still_missing(2, 9, &[3, 6, 7]), [[2, 2], [4, 5], [8, 9]]);
+        assert_eq!(still_missing(2, 5, &[]), [[2, 5]]);
+        assert!(still_missing(2, 3, &[2, 3]).is_empty());
+    }
 
     const CARD: [u8; 8] = [0xC0; 8];
 

@@ -22,6 +22,7 @@ both_backends!(
     replay_overlap_and_conflict,
     forged_receipts_refuse_the_whole_batch,
     counters_out_of_order_twice_and_with_gaps,
+    a_gap_filled_in_part_says_what_is_still_missing,
     interrupted_debits_that_completed_on_the_card,
     balances_must_agree_with_grants,
     revoked_card_accepted_after_revocation,
@@ -618,6 +619,69 @@ async fn interrupted_debits_that_completed_on_the_card(o: Office) {
     assert_eq!(open[0]["card_serial"], e.hex());
     let gaps = anomalies(&o, &s, &format!("?kind=counter_gap&card={}", c.hex())).await;
     assert!(gaps[0]["resolved_at"].is_i64());
+}
+
+async fn a_gap_filled_in_part_says_what_is_still_missing(o: Office) {
+    let s = o.staff().await;
+    let shop = terminal(&o, &s, "Shop", 110105, None).await;
+    let c = card(&o, &s, 9).await;
+    let now = issuance_server::now();
+    // Debits of 10 from 100 points: counter n leaves 100 - 10 n. Counters 1 and 6 first.
+    let paid = |seq: u32, counter: u32| {
+        Rec::tap(seq, now - 100 + u64::from(seq), Service::Welfare, &c).with_receipt(c.receipt(
+            &shop,
+            counter,
+            10,
+            100 - 10 * counter,
+        ))
+    };
+    accept(&o, &shop, batch(&shop, &[paid(0, 1), paid(1, 6)])).await;
+    let gap = |gaps: &[Value]| {
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        gaps[0].clone()
+    };
+    let g = gap(&anomalies(&o, &s, "?kind=counter_gap").await);
+    assert_eq!(g["evidence"]["missing_from"], 2);
+    assert_eq!(g["evidence"]["missing_to"], 5);
+    assert!(g["evidence"].get("still_missing").is_none(), "{g}");
+    // 3 and 4 arrive: the gap stays open, says 2 and 5 are still missing, keeps its range.
+    let a = accept(&o, &shop, batch(&shop, &[paid(2, 3), paid(3, 4)])).await;
+    assert_eq!(
+        (a["receipts"].clone(), a["anomalies"].clone()),
+        (json!(2), json!(0))
+    );
+    let g = gap(&anomalies(&o, &s, "?kind=counter_gap").await);
+    assert!(g["resolved_at"].is_null(), "{g}");
+    assert_eq!(g["evidence"]["still_missing"], json!([[2, 2], [5, 5]]));
+    assert_eq!(g["evidence"]["still_missing_count"], 2);
+    assert_eq!(
+        (
+            g["evidence"]["missing_from"].clone(),
+            g["evidence"]["missing_to"].clone()
+        ),
+        (json!(2), json!(5))
+    );
+    let detail = g["detail"].as_str().unwrap();
+    assert!(detail.contains("counter 2 to 5"), "{detail}");
+    assert!(
+        detail.ends_with("; still missing: 2, 5 (2 of 4)"),
+        "{detail}"
+    );
+    // 5 arrives: one left, said once (the earlier update is replaced, not appended to).
+    accept(&o, &shop, batch(&shop, &[paid(4, 5)])).await;
+    let g = gap(&anomalies(&o, &s, "?kind=counter_gap").await);
+    assert_eq!(g["evidence"]["still_missing"], json!([[2, 2]]));
+    let detail = g["detail"].as_str().unwrap();
+    assert_eq!(detail.matches("still missing").count(), 1, "{detail}");
+    assert!(detail.ends_with("; still missing: 2 (1 of 4)"), "{detail}");
+    // 2 arrives: resolved.
+    accept(&o, &shop, batch(&shop, &[paid(5, 2)])).await;
+    let g = gap(&anomalies(&o, &s, "?kind=counter_gap").await);
+    assert!(g["resolved_at"].is_i64(), "{g}");
+    assert_eq!(
+        points(&o, &c, &s.auditor).await["missing_counters"],
+        json!([])
+    );
 }
 
 async fn counters_out_of_order_twice_and_with_gaps(o: Office) {

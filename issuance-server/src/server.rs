@@ -77,6 +77,9 @@ async fn serve_tls(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let app = crate::app(state);
     let graceful = GracefulShutdown::new();
+    // A connection still in its handshake at shutdown holds a watcher but has no request to
+    // finish: this tells it to give up instead of keeping the stop waiting for its timeout.
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -94,19 +97,24 @@ async fn serve_tls(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
+        let mut stop_seen = stop_seen.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                // A port scan, a plain-HTTP client or a client that distrusts our certificate:
-                // nothing to answer, and not worth more than a debug line.
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    // A port scan, a plain-HTTP client or a client that distrusts our
+                    // certificate: nothing to answer, and not worth more than a debug line.
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = stop_seen.wait_for(|stop| *stop) => return,
             };
             let service = TowerToHyperService::new(app.map_request(
                 |r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
@@ -119,6 +127,7 @@ async fn serve_tls(
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

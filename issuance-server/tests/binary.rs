@@ -388,6 +388,8 @@ fn serve_and_stop(backend: Backend, url: Option<String>, signal: &str) {
     )
     .unwrap();
     assert_eq!(status, 200);
+    // A connection that never sends a request does not hold up the stop.
+    let _idle = std::net::TcpStream::connect(server.addr()).unwrap();
     // A request in flight when the signal comes: its headers and half of its body are sent.
     let body = large_application(1);
     let mut inflight = std::net::TcpStream::connect(server.addr()).unwrap();
@@ -429,9 +431,15 @@ fn serve_and_stop(backend: Backend, url: Option<String>, signal: &str) {
     let json_start = response.find("\r\n\r\n").unwrap() + 4;
     let created: Value = serde_json::from_str(&response[json_start..]).unwrap();
     assert_eq!(created["state"], "submitted", "{created}");
-    // Then a graceful exit with status 0.
+    // Then a graceful exit with status 0, soon.
+    let answered = Instant::now();
     let status = server.wait_exit(&format!("SIG{signal}"));
     assert!(status.success(), "{backend:?} SIG{signal}: {status:?}");
+    assert!(
+        answered.elapsed() < Duration::from_secs(5),
+        "{backend:?}: the stop took {:?} after the last answer",
+        answered.elapsed()
+    );
     // The answered request was committed, with its audit row, and the chain is intact.
     let v = bin(
         &["audit", "verify", "--data", data.to_str().unwrap()],
@@ -1284,6 +1292,11 @@ fn serves_https_with_the_offices_certificate_and_stops_gracefully() {
         .call()
         .is_err());
 
+    // A connection that never starts its handshake holds up neither other clients nor the stop.
+    let _idle = std::net::TcpStream::connect(&addr).unwrap();
+    let (status, _) = call(&a, "GET", &format!("{https}/api/v1/me"), &admin, None).unwrap();
+    assert_eq!(status, 200);
+
     // A request in flight over TLS when SIGTERM comes is answered, then the server exits 0.
     let body = large_application(1);
     let mut inflight = raw_tls(&addr, &ca);
@@ -1315,8 +1328,15 @@ fn serves_https_with_the_offices_certificate_and_stops_gracefully() {
     let _ = inflight.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let answered = Instant::now();
     let status = server.wait_exit("SIGTERM");
     assert!(status.success(), "{status:?}");
+    // Well before the idle connection's 10 s handshake limit.
+    assert!(
+        answered.elapsed() < Duration::from_secs(5),
+        "the stop waited {:?} for the idle connection",
+        answered.elapsed()
+    );
     let v = bin(&["audit", "verify", "--data", data.to_str().unwrap()], None);
     assert!(stdout(&v).contains("intact: 3 rows"), "{}", stdout(&v));
 }

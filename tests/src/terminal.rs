@@ -29,6 +29,9 @@ pub fn terminal_sim() -> Result<Command> {
     ] {
         cmd.env_remove(var);
     }
+    // The tests match English messages (a tap's voice stays zh-CN: the variable sets only the
+    // messages' language).
+    cmd.env("TERMINAL_SIM_LANG", "en");
     Ok(cmd)
 }
 

@@ -311,6 +311,8 @@ impl<'a> Demo<'a> {
         }
         // The story reads card-tool's answers and matches the README's English transcript.
         cmd.env("CARD_TOOL_LANG", "en");
+        // terminal-sim's messages too (its taps' voice stays zh-CN unless --lang is given).
+        cmd.env("TERMINAL_SIM_LANG", "en");
         Ok(cmd)
     }
 

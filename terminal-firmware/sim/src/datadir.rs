@@ -13,10 +13,13 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use shared_crypto::model::Service;
 use shared_crypto::{P256Signer, PublicKey, Signer};
+
+use crate::i18n::TextContext;
+use crate::msg;
 
 /// Version of `terminal.json`.
 pub const CONFIG_VERSION: u32 = 1;
@@ -44,21 +47,14 @@ pub struct SimConfig {
 impl SimConfig {
     /// The configured service.
     pub fn service(&self) -> Result<Service> {
-        Service::from_name(&self.service).ok_or_else(|| {
-            anyhow!(
-                "terminal.json names service {:?}; use transit, employment, rehab or welfare",
-                self.service
-            )
-        })
+        Service::from_name(&self.service).ok_or_else(|| msg::config_service(&self.service).into())
     }
 
     /// The pinned root key.
     pub fn root_key(&self) -> Result<[u8; 33]> {
-        let bytes = hex::decode(&self.root_key).context("root_key in terminal.json is not hex")?;
-        let key: [u8; 33] = bytes
-            .try_into()
-            .map_err(|_| anyhow!("root_key in terminal.json is not 33 bytes"))?;
-        PublicKey::from_sec1(&key).context("root_key in terminal.json is not a P-256 key")?;
+        let bytes = hex::decode(&self.root_key).with_text(msg::config_root_not_hex)?;
+        let key: [u8; 33] = bytes.try_into().map_err(|_| msg::config_root_length())?;
+        PublicKey::from_sec1(&key).with_text(msg::config_root_not_p256)?;
         Ok(key)
     }
 }
@@ -112,7 +108,7 @@ impl DataDir {
         match fs::read(&p) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+            Err(e) => Err(e).with_text(|| msg::reading(&p)),
         }
     }
 
@@ -140,12 +136,11 @@ impl DataDir {
         let p = self.uploaded_path();
         match fs::read_to_string(&p) {
             Ok(text) => {
-                let v: Uploaded = serde_json::from_str(&text)
-                    .with_context(|| format!("parsing {}", p.display()))?;
+                let v: Uploaded = serde_json::from_str(&text).with_text(|| msg::parsing(&p))?;
                 Ok(Some(v.last_seq))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+            Err(e) => Err(e).with_text(|| msg::reading(&p)),
         }
     }
 
@@ -163,21 +158,10 @@ impl DataDir {
     /// Reads `terminal.json`.
     pub fn load_config(&self) -> Result<SimConfig> {
         let p = self.config_path();
-        let text = fs::read_to_string(&p).with_context(|| {
-            format!(
-                "reading {} (run `terminal-sim init --data {}` first)",
-                p.display(),
-                self.root.display()
-            )
-        })?;
-        let c: SimConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        let text = fs::read_to_string(&p).with_text(|| msg::reading_config(&p, &self.root))?;
+        let c: SimConfig = serde_json::from_str(&text).with_text(|| msg::parsing(&p))?;
         if c.version != CONFIG_VERSION {
-            bail!(
-                "{} has version {}, this terminal-sim reads version {CONFIG_VERSION}",
-                p.display(),
-                c.version
-            );
+            return Err(msg::config_version(&p, c.version, CONFIG_VERSION).into());
         }
         Ok(c)
     }
@@ -196,7 +180,7 @@ impl DataDir {
             .create_new(true)
             .mode(0o600)
             .open(&p)
-            .with_context(|| format!("creating {}", p.display()))?;
+            .with_text(|| msg::creating(&p))?;
         f.write_all(hex::encode(key.secret_bytes()).as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
@@ -206,12 +190,12 @@ impl DataDir {
     /// Reads the private key.
     pub fn load_key(&self) -> Result<P256Signer> {
         let p = self.key_path();
-        let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text = fs::read_to_string(&p).with_text(|| msg::reading(&p))?;
         let bytes: [u8; 32] = hex::decode(text.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| anyhow!("{} does not hold a 32-byte hex key", p.display()))?;
-        P256Signer::from_bytes(&bytes).map_err(|e| anyhow!("{}: {e}", p.display()))
+            .ok_or_else(|| msg::key_file_bad(&p))?;
+        P256Signer::from_bytes(&bytes).map_err(|e| msg::key_file_invalid(&p, &e).into())
     }
 
     /// Reads the certificate, if registered.
@@ -220,7 +204,7 @@ impl DataDir {
         match fs::read(&p) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+            Err(e) => Err(e).with_text(|| msg::reading(&p)),
         }
     }
 
@@ -244,11 +228,11 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .truncate(true)
             .mode(mode)
             .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+            .with_text(|| msg::creating(&tmp))?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    fs::rename(&tmp, path).with_text(|| msg::replacing(path))
 }
 
 #[cfg(test)]

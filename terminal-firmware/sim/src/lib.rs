@@ -12,10 +12,14 @@
 //! * [`server`]: the issuance server's API ([`server::Distribution`], [`server::HttpServer`]).
 //! * [`sim`]: the commands' logic: init, sync, tap, upload, status.
 //! * [`report`]: what the service point sees and hears, as text and JSON.
+//! * [`i18n`]: the operator's languages (Chinese, English) and errors in either.
+//! * [`msg`]: every operator message in both languages.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod datadir;
 pub mod flash;
+pub mod i18n;
+pub mod msg;
 pub mod platform;
 pub mod reader;
 pub mod report;

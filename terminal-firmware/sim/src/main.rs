@@ -5,12 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Result;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use shared_crypto::model::{Outcome, Service};
 use terminal_core::{Lang, ServiceRequest};
 use terminal_sim::datadir::DataDir;
 use terminal_sim::flash::LAYOUT;
+use terminal_sim::i18n::{error_text, lang_from_env, pick, TextContext};
+use terminal_sim::msg;
 use terminal_sim::platform::SystemClock;
 use terminal_sim::reader::{connect, ReaderChoice};
 use terminal_sim::report::{StatusReport, TapReport};
@@ -39,6 +42,9 @@ use terminal_sim::sim::{init, InitRequest, Sim};
 ///      sends the signed tap log to the server, which frees the log's flash.
 ///
 /// `status` shows epochs, the status list's age and how full the log is.
+///
+/// Messages are in Simplified Chinese or English (--lang, TERMINAL_SIM_LANG, or the locale);
+/// a tap's voice prompt and display line are in zh-CN unless --lang is given on the command line.
 #[derive(Parser, Debug)]
 #[command(name = "terminal-sim", version, verbatim_doc_comment)]
 struct Cli {
@@ -58,6 +64,19 @@ struct Cli {
     /// Pretend the clock shows this Unix time (training, tests). Normally the system clock.
     #[arg(long, global = true, value_name = "UNIX_SECONDS")]
     now: Option<u64>,
+
+    /// Language of the messages: auto (Chinese when the first non-empty of LC_ALL, LC_MESSAGES,
+    /// LANG starts with zh, else English), zh-CN or en. Given on the command line (not through
+    /// the environment), zh-CN or en also sets the language of a tap's voice prompt and display
+    /// line, which is zh-CN otherwise.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TERMINAL_SIM_LANG",
+        default_value = "auto"
+    )]
+    lang: LangArg,
 
     #[command(subcommand)]
     command: Command,
@@ -115,9 +134,6 @@ enum Command {
         /// Wait for a card (default 30 s, or the seconds given) instead of failing at once.
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "30")]
         wait: Option<u64>,
-        /// Language of the voice prompt and display line.
-        #[arg(long, value_enum, default_value = "zh-CN")]
-        lang: LangArg,
     },
     /// Upload the signed tap log to the server and free the uploaded records' flash.
     Upload,
@@ -144,8 +160,10 @@ impl From<ServiceArg> for Service {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LangArg {
+    /// From the locale: Chinese when LC_ALL, LC_MESSAGES or LANG (the first set) starts with zh.
+    Auto,
     /// Simplified Chinese.
     #[value(name = "zh-CN", alias = "zh")]
     ZhCn,
@@ -154,21 +172,50 @@ enum LangArg {
     En,
 }
 
-impl From<LangArg> for Lang {
-    fn from(l: LangArg) -> Lang {
-        match l {
+/// The languages of one run.
+#[derive(Clone, Copy, Debug)]
+struct Langs {
+    /// Errors and text results.
+    messages: Lang,
+    /// A tap's voice prompt and display line.
+    decision: Lang,
+}
+
+impl Langs {
+    /// `arg` is what --lang (or TERMINAL_SIM_LANG) says; `on_command_line` whether it was
+    /// typed. The decision keeps the device's language, zh-CN, unless the operator asks for
+    /// another on the command line: the environment variable and the locale choose only the
+    /// messages, so that a script or a test harness that wants English errors does not change
+    /// what the person at the gate hears.
+    fn new(arg: LangArg, on_command_line: bool) -> Self {
+        let messages = match arg {
+            LangArg::Auto => lang_from_env(),
             LangArg::ZhCn => Lang::ZhCn,
             LangArg::En => Lang::En,
-        }
+        };
+        let decision = match (arg, on_command_line) {
+            (LangArg::En, true) => Lang::En,
+            _ => Lang::ZhCn,
+        };
+        Langs { messages, decision }
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let langs = Langs::new(
+        cli.lang,
+        matches.value_source("lang") == Some(ValueSource::CommandLine),
+    );
+    match run(cli, langs) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let prefix = pick(langs.messages, "error: ", "错误：");
+            eprintln!("{prefix}{}", error_text(&e, langs.messages));
             ExitCode::from(1)
         }
     }
@@ -183,7 +230,9 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, langs: Langs) -> Result<ExitCode> {
+    let lang = langs.messages;
+    let say = |t: terminal_sim::i18n::Text| println!("{}", t.get(lang));
     let dir = DataDir::new(&cli.data);
     match cli.command {
         Command::Init {
@@ -199,10 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let certificate = certificate.map(|c| read_certificate(&c)).transpose()?;
             let expect_root = root_key.map(|r| parse_root(&r)).transpose()?;
             let ca_pem = ca_cert
-                .map(|p| {
-                    std::fs::read(&p)
-                        .with_context(|| format!("cannot read the CA certificate {}", p.display()))
-                })
+                .map(|p| std::fs::read(&p).with_text(|| msg::cannot_read_ca(&p)))
                 .transpose()?;
             // A CA given before is kept for a second `init` (finishing a registration).
             let ca_pem = match ca_pem {
@@ -228,21 +274,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if cli.json {
                 print_json(&report)?;
             } else {
-                println!("terminal key id  {}", report.key_id);
-                println!("public key       {}", report.public_key);
-                println!("root key         {}", report.root_key);
+                say(msg::init_key_id(&report.key_id));
+                say(msg::init_public_key(&report.public_key));
+                say(msg::init_root_key(&report.root_key));
                 if report.registered {
-                    println!(
-                        "registered: certificate stored in {}",
-                        dir.cert_path().display()
-                    );
-                    println!("next: terminal-sim sync --data {}", dir.path().display());
+                    say(msg::init_registered(&dir.cert_path()));
+                    say(msg::init_next(dir.path()));
                 } else {
-                    println!(
-                        "not registered yet: an admin registers the public key above for this \
-                         service, then run\n  terminal-sim init --data {} --certificate <hex>",
-                        dir.path().display()
-                    );
+                    say(msg::init_not_registered(dir.path()));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -251,41 +290,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut sim = Sim::open(&dir, clock(cli.now))?;
             let mut http = HttpServer::new(&sim.config.server, dir.load_ca()?.as_deref())?;
             let report = sim.sync(&mut http)?;
+            let failed = report.failed_in(lang);
             if cli.json {
-                print_json(&report)?;
+                // The reasons are the one human text of the report: in the messages' language.
+                let mut shown = report.clone();
+                shown.failed = failed;
+                print_json(&shown)?;
             } else {
                 for o in &report.done {
-                    let epochs = match (o.from, o.epoch) {
-                        (Some(f), Some(e)) if f != e => format!("epoch {f} -> {e}"),
-                        (_, Some(e)) => format!("epoch {e}"),
-                        _ => String::new(),
-                    };
-                    println!("{:<14} {:<14} {epochs}", o.object, o.action);
+                    let epochs = msg::sync_epochs(o.from, o.epoch);
+                    println!(
+                        "{} {} {}",
+                        pad(msg::sync_object(o.object).get(lang), 14),
+                        pad(msg::sync_action(o.action).get(lang), 14),
+                        epochs.get(lang)
+                    );
                 }
-                for (object, why) in &report.failed {
-                    println!("{object:<14} FAILED         {why}");
+                for (object, why) in &failed {
+                    println!(
+                        "{} {} {why}",
+                        pad(msg::sync_object(object).get(lang), 14),
+                        pad(msg::SYNC_FAILED.get(lang), 14)
+                    );
                 }
             }
             if report.failed.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                bail!("{} of 3 objects could not be updated", report.failed.len())
+                Err(msg::sync_failed(report.failed.len()).into())
             }
         }
         Command::Tap {
             reader,
             amount,
             wait,
-            lang,
         } => {
             let mut sim = Sim::open(&dir, clock(cli.now))?;
             let service = sim.config.service()?;
             let request = match (service, amount) {
                 (Service::Welfare, Some(amount)) => ServiceRequest::Welfare { amount },
-                (Service::Welfare, None) => {
-                    bail!("a welfare terminal needs --amount (points to debit)")
-                }
-                (_, Some(_)) => bail!("--amount is only for a welfare terminal"),
+                (Service::Welfare, None) => return Err(msg::amount_needed().into()),
+                (_, Some(_)) => return Err(msg::amount_not_welfare().into()),
                 (Service::Transit, None) => ServiceRequest::Transit,
                 (Service::Employment, None) => ServiceRequest::Employment,
                 (Service::Rehab, None) => ServiceRequest::Rehab,
@@ -298,12 +343,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let reader_name = card.reader().to_owned();
             // The card stays on the reader; a failure to let go does not change the decision.
             let _ = card.release();
-            let lang = Lang::from(lang);
-            let report = TapReport::new(&tap.decision, lang, Some(&reader_name));
+            let report = TapReport::new(&tap.decision, langs.decision, Some(&reader_name));
             if cli.json {
                 print_json(&report)?;
             } else {
-                print!("{}", report.to_text(lang));
+                print!("{}", report.to_text(langs.decision));
             }
             Ok(match tap.decision.outcome {
                 Outcome::Accepted => ExitCode::SUCCESS,
@@ -318,19 +362,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if cli.json {
                 print_json(&report)?;
             } else if report.batches == 0 {
-                println!("nothing to upload");
+                say(msg::upload_nothing());
             } else {
-                println!(
-                    "uploaded {} records in {} batches ({} new on the server{})",
+                say(msg::uploaded(
                     report.records,
                     report.batches,
                     report.accepted,
-                    if report.duplicates > 0 {
-                        format!(", {} batches seen before", report.duplicates)
-                    } else {
-                        String::new()
-                    }
-                );
+                    report.duplicates,
+                ));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -345,7 +384,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if cli.json {
                 print_json(&report)?;
             } else {
-                print!("{}", report.to_text());
+                print!("{}", report.to_text(lang));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -354,7 +393,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn read_certificate(arg: &str) -> Result<Vec<u8>> {
     let bytes = match arg.strip_prefix('@') {
-        Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        Some(path) => std::fs::read(path).with_text(|| msg::reading(path))?,
         None => arg.as_bytes().to_vec(),
     };
     // Hex text, or the raw wire bytes of a file.
@@ -364,7 +403,7 @@ fn read_certificate(arg: &str) -> Result<Vec<u8>> {
     {
         Some(b) => Ok(b),
         None if arg.starts_with('@') => Ok(bytes),
-        None => Err(anyhow!("--certificate is neither hex nor @FILE")),
+        None => Err(msg::certificate_arg().into()),
     }
 }
 
@@ -372,8 +411,51 @@ fn parse_root(arg: &str) -> Result<[u8; 33]> {
     let key: [u8; 33] = hex::decode(arg.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow!("--root-key must be 33 bytes of hex (a compressed P-256 key)"))?;
-    shared_crypto::PublicKey::from_sec1(&key)
-        .map_err(|_| anyhow!("--root-key is not a compressed P-256 public key"))?;
+        .ok_or_else(msg::root_key_arg_length)?;
+    shared_crypto::PublicKey::from_sec1(&key).map_err(|_| msg::root_key_arg_point())?;
     Ok(key)
+}
+
+/// `s` padded with spaces to `width` columns, a CJK character counting as two (`{:<14}` counts
+/// characters, which misaligns Chinese columns in a terminal).
+fn pad(s: &str, width: usize) -> String {
+    let cols: usize = s.chars().map(|c| if c >= '\u{2e80}' { 2 } else { 1 }).sum();
+    format!("{s}{}", " ".repeat(width.saturating_sub(cols)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn langs(args: &[&str]) -> Langs {
+        let m = Cli::command().try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&m).unwrap();
+        Langs::new(
+            cli.lang,
+            m.value_source("lang") == Some(ValueSource::CommandLine),
+        )
+    }
+
+    #[test]
+    fn tap_decision_follows_only_an_explicit_lang() {
+        let d = |args: &[&str]| langs(args).decision;
+        assert_eq!(d(&["t", "tap"]), Lang::ZhCn);
+        assert_eq!(d(&["t", "tap", "--lang", "en"]), Lang::En);
+        assert_eq!(d(&["t", "--lang", "en", "tap"]), Lang::En);
+        assert_eq!(d(&["t", "tap", "--lang", "zh-CN"]), Lang::ZhCn);
+        assert_eq!(d(&["t", "tap", "--lang", "zh"]), Lang::ZhCn);
+        assert_eq!(d(&["t", "tap", "--lang", "auto"]), Lang::ZhCn);
+        assert_eq!(langs(&["t", "tap", "--lang", "en"]).messages, Lang::En);
+        assert_eq!(langs(&["t", "status", "--lang", "zh"]).messages, Lang::ZhCn);
+        // Given through the environment, the language is the messages' only.
+        assert_eq!(Langs::new(LangArg::En, false).decision, Lang::ZhCn);
+        assert_eq!(Langs::new(LangArg::En, false).messages, Lang::En);
+    }
+
+    #[test]
+    fn padding_counts_chinese_as_two_columns() {
+        assert_eq!(pad("信任包", 8), "信任包  ");
+        assert_eq!(pad("trust_bundle", 14), "trust_bundle  ");
+        assert_eq!(pad("longer_than_width", 4), "longer_than_width");
+    }
 }

@@ -45,9 +45,9 @@ pub type OsRng = UnwrapErr<SysRng>;
 /// The OS RNG, after a probe read.
 pub fn os_rng() -> anyhow::Result<OsRng> {
     let mut probe = [0u8; 16];
-    SysRng.try_fill_bytes(&mut probe).map_err(|e| {
-        anyhow::anyhow!("the operating system's random number generator failed: {e}")
-    })?;
+    SysRng
+        .try_fill_bytes(&mut probe)
+        .map_err(|e| crate::msg::rng_failed(&e))?;
     Ok(UnwrapErr(SysRng))
 }
 

@@ -4,8 +4,11 @@
 use std::ffi::{CStr, CString};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use shared_crypto::apdu::Transport;
+
+use crate::i18n::TextContext;
+use crate::msg;
 
 /// A connected card.
 pub struct PcscCard {
@@ -24,7 +27,7 @@ impl PcscCard {
     pub fn release(self) -> Result<()> {
         self.card
             .disconnect(pcsc::Disposition::LeaveCard)
-            .map_err(|(_, e)| anyhow!("disconnecting from {}: {e}", self.reader))
+            .map_err(|(_, e)| msg::disconnecting(&self.reader, &e).into())
     }
 }
 
@@ -56,7 +59,7 @@ pub struct ReaderChoice {
 /// Picks the readers that `filter` names (all when `None`).
 pub fn matching_readers(all: &[String], filter: Option<&str>) -> Result<Vec<String>> {
     if all.is_empty() {
-        bail!("no card reader found: connect a PC/SC reader (is pcscd running?)");
+        return Err(msg::no_reader().into());
     }
     let Some(f) = filter else {
         return Ok(all.to_vec());
@@ -71,21 +74,9 @@ pub fn matching_readers(all: &[String], filter: Option<&str>) -> Result<Vec<Stri
         .cloned()
         .collect();
     match hits.len() {
-        0 => bail!(
-            "no reader matches {f:?}; readers: {}",
-            all.iter()
-                .map(|r| format!("{r:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        0 => Err(msg::no_reader_matches(f, all).into()),
         1 => Ok(hits),
-        _ => bail!(
-            "{f:?} matches several readers ({}); give more of the name",
-            hits.iter()
-                .map(|r| format!("{r:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => Err(msg::several_readers(f, &hits).into()),
     }
 }
 
@@ -94,14 +85,13 @@ pub fn list_readers(ctx: &pcsc::Context) -> Result<Vec<String>> {
     match ctx.list_readers_owned() {
         Ok(r) => Ok(r.iter().map(|n| n.to_string_lossy().into_owned()).collect()),
         Err(pcsc::Error::NoReadersAvailable) => Ok(vec![]),
-        Err(e) => Err(anyhow!("listing card readers: {e}")),
+        Err(e) => Err(msg::listing_readers(&e).into()),
     }
 }
 
 /// Connects to the card on the chosen reader (waiting for one if asked).
 pub fn connect(choice: &ReaderChoice) -> Result<PcscCard> {
-    let ctx = pcsc::Context::establish(pcsc::Scope::User)
-        .context("cannot reach the PC/SC service (is pcscd running?)")?;
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).with_text(msg::no_pcsc)?;
     let readers = matching_readers(&list_readers(&ctx)?, choice.name.as_deref())?;
     let names: Vec<CString> = readers
         .iter()
@@ -115,7 +105,7 @@ pub fn connect(choice: &ReaderChoice) -> Result<PcscCard> {
     loop {
         match ctx.get_status_change(Duration::ZERO, &mut states) {
             Ok(()) | Err(pcsc::Error::Timeout) => {}
-            Err(e) => bail!("reading the readers' state: {e}"),
+            Err(e) => return Err(msg::reader_state(&e).into()),
         }
         let with_card = states.iter().find(|s| {
             let st = s.event_state();
@@ -125,14 +115,11 @@ pub fn connect(choice: &ReaderChoice) -> Result<PcscCard> {
             return open(&ctx, s.name());
         }
         let Some(deadline) = deadline else {
-            bail!(
-                "no card on {}: put the card on the reader, or use --wait",
-                describe(&readers)
-            );
+            return Err(msg::no_card(&readers).into());
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("no card came to {} in time", describe(&readers));
+            return Err(msg::no_card_in_time(&readers).into());
         }
         for s in &mut states {
             s.sync_current_state();
@@ -140,15 +127,8 @@ pub fn connect(choice: &ReaderChoice) -> Result<PcscCard> {
         // Sleeps in pcscd until a reader changes or the time is up.
         match ctx.get_status_change(left.min(Duration::from_secs(1)), &mut states) {
             Ok(()) | Err(pcsc::Error::Timeout) => {}
-            Err(e) => bail!("waiting for a card: {e}"),
+            Err(e) => return Err(msg::waiting_for_card(&e).into()),
         }
-    }
-}
-
-fn describe(readers: &[String]) -> String {
-    match readers {
-        [one] => format!("reader {one:?}"),
-        _ => "any reader".to_owned(),
     }
 }
 
@@ -156,7 +136,7 @@ fn open(ctx: &pcsc::Context, name: &CStr) -> Result<PcscCard> {
     let reader = name.to_string_lossy().into_owned();
     let card = ctx
         .connect(name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
-        .with_context(|| format!("connecting to the card on {reader:?}"))?;
+        .with_text(|| msg::connecting_card(&reader))?;
     Ok(PcscCard { card, reader })
 }
 

@@ -387,45 +387,30 @@ impl StatusReport {
         }
     }
 
-    /// Human-readable form.
-    pub fn to_text(&self) -> String {
-        let epoch = |e: Option<u64>| e.map_or("none (run sync)".to_owned(), |e| e.to_string());
-        let age = match (self.status_age_s, self.status_too_old) {
-            (Some(a), Some(true)) => {
-                format!(", {} old: TOO OLD, taps ask staff; run sync", hours(a))
-            }
-            (Some(a), _) => format!(", {} old", hours(a)),
-            _ => String::new(),
+    /// Human-readable form, in `lang`.
+    pub fn to_text(&self, lang: Lang) -> String {
+        let words = crate::msg::StatusWords {
+            key_id: &self.key_id,
+            service: &self.service,
+            services: &self.services,
+            server: &self.server,
+            bundle_epoch: self.bundle_epoch,
+            status_epoch: self.status_epoch,
+            age: self
+                .status_age_s
+                .map(|a| (a, self.status_too_old == Some(true))),
+            rules_epoch: self.rules_epoch,
+            log: [
+                self.log_records,
+                self.log_pending,
+                self.log_used_sectors,
+                self.log_sectors,
+                self.log_next_seq,
+            ],
         };
-        format!(
-            "terminal    {} ({}), certified for {}\n\
-             server      {}\n\
-             bundle      epoch {}\n\
-             status list epoch {}{}\n\
-             rules       epoch {}\n\
-             tap log     {} records, {} not uploaded, {}/{} sectors used, next #{}\n",
-            self.key_id,
-            self.service,
-            self.services.join(", "),
-            self.server,
-            epoch(self.bundle_epoch),
-            epoch(self.status_epoch),
-            age,
-            epoch(self.rules_epoch),
-            self.log_records,
-            self.log_pending,
-            self.log_used_sectors,
-            self.log_sectors,
-            self.log_next_seq,
-        )
-    }
-}
-
-fn hours(s: u64) -> String {
-    if s < 3600 {
-        format!("{} min", s / 60)
-    } else {
-        format!("{:.1} h", s as f64 / 3600.0)
+        let mut out = crate::msg::status_lines(&words, lang).join("\n");
+        out.push('\n');
+        out
     }
 }
 

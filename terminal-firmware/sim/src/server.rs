@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+use crate::i18n::TextContext;
+use crate::msg::{self, Label};
 
 /// An answer that may be "nothing new".
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,16 +96,13 @@ pub fn server_base(url: &str) -> Result<String> {
     if let Some(rest) = url.strip_prefix("https://") {
         let host = host_of(rest);
         if host.is_empty() {
-            bail!("server URL {url:?} names no host");
+            return Err(msg::url_no_host(url).into());
         }
         return Ok(url.trim_end_matches('/').to_owned());
     }
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        anyhow!(
-            "server URL {url:?} must start with https:// (or http:// for a server on this \
-             machine, 127.0.0.1)"
-        )
-    })?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| msg::url_scheme(url))?;
     let host = host_of(rest);
     let loopback = host == "localhost"
         || host == "::1"
@@ -110,11 +110,7 @@ pub fn server_base(url: &str) -> Result<String> {
             .parse::<std::net::Ipv4Addr>()
             .is_ok_and(|a| a.is_loopback());
     if !loopback {
-        bail!(
-            "server URL {url:?} is plain HTTP to another machine: use https:// (with \
-             --ca-cert for the office's own CA), or http:// only to a server on this machine \
-             (127.0.0.1, ::1 or localhost)"
-        );
+        return Err(msg::url_plain_http(url).into());
     }
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -138,9 +134,9 @@ pub fn parse_ca(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>> {
             Err(e) => Some(Err(e)),
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("the CA file is not valid PEM: {e}"))?;
+        .map_err(|e| msg::ca_not_pem(&e))?;
     if certs.is_empty() {
-        bail!("the CA file holds no certificate (expected -----BEGIN CERTIFICATE-----)");
+        return Err(msg::ca_empty().into());
     }
     Ok(certs)
 }
@@ -166,7 +162,7 @@ impl HttpServer {
         let base = server_base(base)?;
         let tls = base.starts_with("https://");
         if ca_pem.is_some() && !tls {
-            bail!("a CA certificate is only used with an https:// server, not {base}");
+            return Err(msg::ca_needs_https(&base).into());
         }
         let roots = match ca_pem {
             Some(pem) => RootCerts::new_with_certs(&parse_ca(pem)?),
@@ -192,7 +188,7 @@ impl HttpServer {
     }
 
     /// Turns a non-2xx answer into an error carrying the server's own explanation.
-    fn refusal(what: &str, resp: &mut ureq::http::Response<ureq::Body>) -> anyhow::Error {
+    fn refusal(what: Label, resp: &mut ureq::http::Response<ureq::Body>) -> anyhow::Error {
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -201,30 +197,24 @@ impl HttpServer {
             .read_to_string()
             .unwrap_or_default();
         match serde_json::from_str::<ApiError>(&text) {
-            Ok(e) => anyhow!(
-                "{what}: the server answered {status} {}: {}",
-                e.code,
-                e.message
-            ),
-            Err(_) => anyhow!("{what}: the server answered {status} {}", text.trim()),
+            Ok(e) => msg::server_refused(what, status, &e.code, &e.message).into(),
+            Err(_) => msg::server_refused_raw(what, status, text.trim()).into(),
         }
     }
 
-    fn get_object(&self, what: &str, path: &str, etag: Option<u64>) -> Result<Fetched> {
+    fn get_object(&self, what: Label, path: &str, etag: Option<u64>) -> Result<Fetched> {
         let mut req = self.agent.get(self.url(path));
         if let Some(e) = etag {
             req = req.header("If-None-Match", format!("\"{e}\""));
         }
-        let mut resp = req
-            .call()
-            .with_context(|| format!("{what}: cannot reach the server at {}", self.api))?;
+        let mut resp = req.call().with_text(|| msg::unreachable(what, &self.api))?;
         match resp.status().as_u16() {
             200 => Ok(Fetched::Body(
                 resp.body_mut()
                     .with_config()
                     .limit(MAX_OBJECT)
                     .read_to_vec()
-                    .with_context(|| format!("{what}: reading the answer"))?,
+                    .with_text(|| msg::reading_answer(what))?,
             )),
             304 => Ok(Fetched::NotModified),
             410 => Ok(Fetched::Gone),
@@ -232,10 +222,10 @@ impl HttpServer {
         }
     }
 
-    fn must_body(what: &str, f: Fetched) -> Result<Vec<u8>> {
+    fn must_body(what: Label, f: Fetched) -> Result<Vec<u8>> {
         match f {
             Fetched::Body(b) => Ok(b),
-            other => bail!("{what}: unexpected answer {other:?}"),
+            other => Err(msg::unexpected_answer(what, &other).into()),
         }
     }
 }
@@ -246,31 +236,31 @@ impl Distribution for HttpServer {
             .agent
             .get(self.url("/root-key"))
             .call()
-            .with_context(|| format!("root key: cannot reach the server at {}", self.api))?;
+            .with_text(|| msg::unreachable(msg::ROOT_KEY, &self.api))?;
         if resp.status().as_u16() != 200 {
-            return Err(Self::refusal("root key", &mut resp));
+            return Err(Self::refusal(msg::ROOT_KEY, &mut resp));
         }
         resp.body_mut()
             .with_config()
             .limit(64 << 10)
             .read_json()
-            .context("root key: the answer is not the expected JSON")
+            .with_text(|| msg::answer_not_json(msg::ROOT_KEY))
     }
 
     fn trust_bundle(&mut self) -> Result<Vec<u8>> {
         Self::must_body(
-            "trust bundle",
-            self.get_object("trust bundle", "/trust-bundle", None)?,
+            msg::TRUST_BUNDLE,
+            self.get_object(msg::TRUST_BUNDLE, "/trust-bundle", None)?,
         )
     }
 
     fn status_list(&mut self, current: Option<u64>) -> Result<Fetched> {
-        self.get_object("status list", "/status-list", current)
+        self.get_object(msg::STATUS_LIST, "/status-list", current)
     }
 
     fn status_delta(&mut self, from: u64) -> Result<Fetched> {
         self.get_object(
-            "status delta",
+            msg::STATUS_DELTA,
             &format!("/status-list/delta?from={from}"),
             Some(from),
         )
@@ -278,8 +268,8 @@ impl Distribution for HttpServer {
 
     fn service_rules(&mut self) -> Result<Vec<u8>> {
         Self::must_body(
-            "service rules",
-            self.get_object("service rules", "/service-rules", None)?,
+            msg::SERVICE_RULES,
+            self.get_object(msg::SERVICE_RULES, "/service-rules", None)?,
         )
     }
 
@@ -289,15 +279,15 @@ impl Distribution for HttpServer {
             .post(self.url("/terminals"))
             .header("Authorization", format!("Bearer {admin_token}"))
             .send_json(req)
-            .with_context(|| format!("registration: cannot reach the server at {}", self.api))?;
+            .with_text(|| msg::unreachable(msg::REGISTRATION, &self.api))?;
         if resp.status().as_u16() != 201 && resp.status().as_u16() != 200 {
-            return Err(Self::refusal("registration", &mut resp));
+            return Err(Self::refusal(msg::REGISTRATION, &mut resp));
         }
         resp.body_mut()
             .with_config()
             .limit(64 << 10)
             .read_json()
-            .context("registration: the answer is not the expected JSON")
+            .with_text(|| msg::answer_not_json(msg::REGISTRATION))
     }
 
     fn upload_logs(&mut self, key_id_hex: &str, batch: &[u8]) -> Result<UploadAnswer> {
@@ -306,15 +296,15 @@ impl Distribution for HttpServer {
             .post(self.url(&format!("/terminals/{key_id_hex}/logs")))
             .header("Content-Type", "application/octet-stream")
             .send(batch)
-            .with_context(|| format!("log upload: cannot reach the server at {}", self.api))?;
+            .with_text(|| msg::unreachable(msg::LOG_UPLOAD, &self.api))?;
         if !resp.status().is_success() {
-            return Err(Self::refusal("log upload", &mut resp));
+            return Err(Self::refusal(msg::LOG_UPLOAD, &mut resp));
         }
         resp.body_mut()
             .with_config()
             .limit(64 << 10)
             .read_json()
-            .context("log upload: the answer is not the expected JSON")
+            .with_text(|| msg::answer_not_json(msg::LOG_UPLOAD))
     }
 }
 

@@ -1,18 +1,20 @@
 //! One host terminal: the core mounted on the data directory's flash, with the commands' logic
 //! (init, sync, tap, upload, status). The CLI in `main.rs` only parses and prints.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use shared_crypto::apdu::Transport;
 use shared_crypto::model::{KeyCertificate, Role, Service};
 use shared_crypto::{P256Signer, PublicKey, Signed, Signer};
 use terminal_core::{
-    Clock, Decision, LogError, MountError, P256Verifier, ServiceRequest, Signal, Terminal,
-    TerminalConfig, TerminalState, UpdateError,
+    Clock, Decision, LogError, P256Verifier, ServiceRequest, Signal, Terminal, TerminalConfig,
+    TerminalState, UpdateError,
 };
 
 use crate::datadir::{DataDir, SimConfig, CONFIG_VERSION};
 use crate::flash::{FileFlash, FileFlashError, FlashFile, Layout, LAYOUT};
+use crate::i18n::{Text, TextContext};
+use crate::msg;
 use crate::platform::{os_rng, OsRng, Recorder, SystemClock};
 use crate::server::{server_base, Distribution, Fetched, Registration};
 
@@ -69,14 +71,9 @@ pub fn init(
     layout: &Layout,
 ) -> Result<InitReport> {
     let base = server_base(req.server)?;
-    std::fs::create_dir_all(dir.path())
-        .with_context(|| format!("creating {}", dir.path().display()))?;
+    std::fs::create_dir_all(dir.path()).with_text(|| msg::creating(dir.path()))?;
     if dir.load_certificate()?.is_some() {
-        bail!(
-            "{} already holds a registered terminal; use another --data directory for another \
-             terminal",
-            dir.path().display()
-        );
+        return Err(msg::already_registered(dir.path()).into());
     }
     if let Some(pem) = req.ca_pem {
         crate::server::parse_ca(pem)?;
@@ -85,8 +82,7 @@ pub fn init(
     let new_key = !dir.is_initialized();
     let (key, config) = if new_key {
         let root = fetch_root(server, req.expect_root)?;
-        let key = P256Signer::generate(&mut os_rng()?)
-            .map_err(|e| anyhow!("generating the terminal key: {e}"))?;
+        let key = P256Signer::generate(&mut os_rng()?).map_err(|e| msg::key_generation(&e))?;
         let config = SimConfig {
             version: CONFIG_VERSION,
             server: base,
@@ -108,7 +104,7 @@ pub fn init(
         let config = dir.load_config()?;
         if let Some(expect) = req.expect_root {
             if config.root_key()? != expect {
-                bail!("the root key pinned in terminal.json is not the one given with --root-key");
+                return Err(msg::pinned_root_differs().into());
             }
         }
         (dir.load_key()?, config)
@@ -128,7 +124,7 @@ pub fn init(
             },
         )?;
         terminal_id = Some(r.terminal_id);
-        Some(hex::decode(r.certificate.trim()).context("the server's certificate is not hex")?)
+        Some(hex::decode(r.certificate.trim()).with_text(msg::server_cert_not_hex)?)
     } else {
         None
     };
@@ -151,19 +147,14 @@ fn fetch_root(server: &mut dyn Distribution, expect: Option<[u8; 33]>) -> Result
     let key: [u8; 33] = hex::decode(r.public_key.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow!("the server's root key is not 33 bytes of hex"))?;
-    let public = PublicKey::from_sec1(&key).context("the server's root key is not a P-256 key")?;
+        .ok_or_else(msg::server_root_length)?;
+    let public = PublicKey::from_sec1(&key).with_text(msg::server_root_not_p256)?;
     if hex::encode(public.key_id()) != r.key_id.trim().to_lowercase() {
-        bail!("the server's root key id does not match its key");
+        return Err(msg::server_root_id().into());
     }
     if let Some(e) = expect {
         if e != key {
-            bail!(
-                "the server serves root key {} but --root-key says {}: this is not the expected \
-                 server",
-                hex::encode(key),
-                hex::encode(e)
-            );
+            return Err(msg::server_root_unexpected(&hex::encode(key), &hex::encode(e)).into());
         }
     }
     Ok(key)
@@ -178,20 +169,16 @@ pub fn check_certificate(
     service: Service,
 ) -> Result<()> {
     let root = PublicKey::from_sec1(root)?;
-    let signed =
-        Signed::decode(wire).map_err(|e| anyhow!("the certificate does not decode: {e}"))?;
+    let signed = Signed::decode(wire).map_err(|e| msg::cert_decode(&e))?;
     let cert = KeyCertificate::verify_untimed(&signed, &root)
-        .map_err(|e| anyhow!("the certificate is not signed by the pinned root key: {e}"))?;
+        .map_err(|e| msg::cert_not_root_signed(&e))?;
     cert.check_role(Role::Terminal)
-        .map_err(|e| anyhow!("the certificate is not a terminal certificate: {e}"))?;
+        .map_err(|e| msg::cert_not_terminal(&e))?;
     if cert.body.key_id != key.key_id() {
-        bail!("the certificate is for another key than this terminal's");
+        return Err(msg::cert_other_key().into());
     }
     if !cert.body.services.contains(service) {
-        bail!(
-            "the certificate does not allow service {}; register the terminal for it",
-            service.name()
-        );
+        return Err(msg::cert_service(service.name()).into());
     }
     Ok(())
 }
@@ -223,8 +210,22 @@ pub struct ObjectSync {
 pub struct SyncReport {
     /// Objects brought up to date (or found current).
     pub done: Vec<ObjectSync>,
-    /// Objects that could not be updated, with the reason.
+    /// Objects that could not be updated, with the reason (English).
     pub failed: Vec<(String, String)>,
+    /// The reasons of `failed`, in both languages (same order).
+    #[serde(skip)]
+    pub failed_text: Vec<Text>,
+}
+
+impl SyncReport {
+    /// `failed` with the reasons in `lang`.
+    pub fn failed_in(&self, lang: terminal_core::Lang) -> Vec<(String, String)> {
+        self.failed
+            .iter()
+            .zip(&self.failed_text)
+            .map(|((object, _), why)| (object.clone(), why.get(lang).to_owned()))
+            .collect()
+    }
 }
 
 /// What `upload` did.
@@ -259,18 +260,11 @@ impl Sim {
     pub fn open_with(dir: &DataDir, clock: SystemClock, layout: &Layout) -> Result<Self> {
         let config = dir.load_config()?;
         let key = dir.load_key()?;
-        let cert = dir.load_certificate()?.ok_or_else(|| {
-            anyhow!(
-                "this terminal is not registered yet. An admin registers public key {} for \
-                 service {}; then run `terminal-sim init --data {} --certificate <hex>` (or run \
-                 init with --admin-token)",
-                config.public_key,
-                config.service,
-                dir.path().display()
-            )
-        })?;
+        let cert = dir
+            .load_certificate()?
+            .ok_or_else(|| msg::not_registered(&config.public_key, &config.service, dir.path()))?;
         let (flash, storage) = FlashFile::open(&dir.flash_path(), layout)
-            .with_context(|| format!("opening {}", dir.flash_path().display()))?;
+            .with_text(|| msg::opening(&dir.flash_path()))?;
         let terminal = Terminal::mount(
             TerminalConfig {
                 root_key: config.root_key()?,
@@ -283,7 +277,7 @@ impl Sim {
             os_rng()?,
             Recorder::default(),
         )
-        .map_err(mount_error)?;
+        .map_err(|e| msg::mount_error(&e))?;
         let mut sim = Sim {
             config,
             dir: dir.clone(),
@@ -294,9 +288,9 @@ impl Sim {
             match sim.terminal.acknowledge_upload(last) {
                 // Not in flash any more: its sector was reclaimed, everything left is newer.
                 Ok(()) | Err(LogError::BadAcknowledge) => {}
-                Err(e) => bail!("freeing uploaded log records: {e:?}"),
+                Err(e) => return Err(msg::freeing_records(&e).into()),
             }
-            sim.flash.sync().context("writing the flash file")?;
+            sim.flash.sync().with_text(msg::writing_flash)?;
         }
         Ok(sim)
     }
@@ -334,10 +328,17 @@ impl Sim {
         ] {
             match step(self, server) {
                 Ok(o) => report.done.push(o),
-                Err(e) => report.failed.push((name.to_owned(), format!("{e:#}"))),
+                Err(e) => {
+                    let why = Text::new(
+                        crate::i18n::error_text(&e, terminal_core::Lang::En),
+                        crate::i18n::error_text(&e, terminal_core::Lang::ZhCn),
+                    );
+                    report.failed.push((name.to_owned(), why.en.clone()));
+                    report.failed_text.push(why);
+                }
             }
         }
-        self.flash.sync().context("writing the flash file")?;
+        self.flash.sync().with_text(msg::writing_flash)?;
         Ok(report)
     }
 
@@ -360,7 +361,7 @@ impl Sim {
         // Why a delta was not applied, when the full list has to settle it: if the full list
         // fails too, the report names both (the delta's reason is what an operator must see when
         // the server hands out a delta that does not continue this terminal's epoch).
-        let mut delta_refused: Option<String> = None;
+        let mut delta_refused: Option<Text> = None;
         if let Some(e) = from {
             match server.status_delta(e)? {
                 Fetched::NotModified => {
@@ -383,18 +384,16 @@ impl Sim {
                     // The delta does not continue our list, or the codec cannot apply it: the
                     // full list settles it.
                     Err(e @ (UpdateError::EpochMismatch { .. } | UpdateError::StatusList(_))) => {
-                        delta_refused = Some(update_error(&e));
+                        delta_refused = Some(msg::update_error(&e));
                     }
-                    Err(other) => bail!("the status delta was refused: {}", update_error(&other)),
+                    Err(other) => return Err(msg::delta_refused(&msg::update_error(&other)).into()),
                 },
                 Fetched::Gone => {}
             }
         }
         let full = self.sync_full_list(server, from);
         match delta_refused {
-            Some(why) => full.with_context(|| {
-                format!("the status delta was refused ({why}) and the full list did not settle it")
-            }),
+            Some(why) => full.with_text(|| msg::delta_and_full_failed(&why)),
             None => full,
         }
     }
@@ -416,7 +415,7 @@ impl Sim {
                 let r = self.terminal.install_status_list(&wire);
                 settle("status_list", from, r)
             }
-            Fetched::Gone => bail!("the server has no status list (410)"),
+            Fetched::Gone => Err(msg::no_status_list().into()),
         }
     }
 
@@ -424,9 +423,7 @@ impl Sim {
     pub fn tap<T: Transport>(&mut self, card: &mut T, request: ServiceRequest) -> Result<Tap> {
         self.terminal.feedback_mut().shown.clear();
         let decision = self.terminal.tap(card, request);
-        self.flash
-            .sync()
-            .context("writing the tap log to the flash file")?;
+        self.flash.sync().with_text(msg::writing_tap_log)?;
         let shown = std::mem::take(&mut self.terminal.feedback_mut().shown);
         Ok(Tap { decision, shown })
     }
@@ -443,7 +440,7 @@ impl Sim {
             let batch = self
                 .terminal
                 .export_log_batch(256, &mut buf)
-                .map_err(|e| anyhow!("reading the tap log: {e:?}"))?;
+                .map_err(|e| msg::reading_log(&e))?;
             let Some(batch) = batch else {
                 return Ok(report);
             };
@@ -453,14 +450,14 @@ impl Sim {
             self.dir.save_uploaded(last)?;
             self.terminal
                 .acknowledge_upload(last)
-                .map_err(|e| anyhow!("freeing uploaded log records: {e:?}"))?;
-            self.flash.sync().context("writing the flash file")?;
+                .map_err(|e| msg::freeing_records(&e))?;
+            self.flash.sync().with_text(msg::writing_flash)?;
             report.batches += 1;
             report.records += records;
             report.accepted += answer.accepted;
             report.duplicates += u32::from(answer.duplicate);
         }
-        bail!("the log did not empty after 100000 batches")
+        Err(msg::log_not_emptied().into())
     }
 }
 
@@ -485,45 +482,11 @@ fn settle(
             from,
             epoch: Some(installed),
         }),
-        Err(e) => bail!("refused: {}", update_error(&e)),
+        Err(e) => Err(msg::refused(&msg::update_error(&e)).into()),
     }
 }
 
-/// Words for an update refusal.
+/// Words for an update refusal (English; [`msg::update_error`] has both languages).
 pub fn update_error(e: &UpdateError<FileFlashError>) -> String {
-    match e {
-        UpdateError::Flash(f) => format!("the flash file failed ({f})"),
-        UpdateError::TooLarge => "it does not fit its flash partition".into(),
-        UpdateError::Stale { installed, offered } => format!(
-            "the server offers epoch {offered}, older than epoch {installed} in force (a rollback \
-             is never installed)"
-        ),
-        UpdateError::EpochMismatch { installed, from } => {
-            format!("a delta from epoch {from} does not continue epoch {installed}")
-        }
-        UpdateError::Signature => "its signature does not verify".into(),
-        UpdateError::UnknownSigner => {
-            "its signer is not in the trust bundle with the right role, or not valid now".into()
-        }
-        UpdateError::Malformed(err) => format!("it is malformed ({err})"),
-        UpdateError::StatusList(err) => format!("the status list codec refused it ({err:?})"),
-        UpdateError::NotProvisioned => "no trust bundle is installed yet".into(),
-        UpdateError::ClockUnset => "the clock is not set".into(),
-        UpdateError::NotStaging => "internal: no update staged".into(),
-    }
-}
-
-fn mount_error(e: MountError<FileFlashError>) -> anyhow::Error {
-    match e {
-        MountError::Log(l) => anyhow!("the tap log in flash.bin cannot be mounted: {l:?}"),
-        MountError::BadGeometry => anyhow!("flash geometry not supported by the core"),
-        MountError::BadRootKey => anyhow!("the pinned root key is not a P-256 key"),
-        MountError::BadCertificate(err) => {
-            anyhow!("terminal.cert does not verify under the pinned root key: {err}")
-        }
-        MountError::CertificateNotForThisKey => {
-            anyhow!("terminal.cert is not a terminal certificate for terminal.key")
-        }
-        MountError::CertificateTooLong => anyhow!("terminal.cert is too long"),
-    }
+    msg::update_error(e).en
 }

@@ -704,7 +704,7 @@ fn an_old_status_list_makes_the_terminal_ask_staff() {
     let mut sim = open(&dir, NOW + 3 * DAY);
     let s = StatusReport::new(&sim.state(), sim.now(), "transit", "x");
     assert_eq!(s.status_too_old, Some(true));
-    assert!(s.to_text().contains("TOO OLD"));
+    assert!(s.to_text(Lang::En).contains("TOO OLD"));
     let mut c = card(&server, 4, 2);
     let d = sim.tap(&mut c, ServiceRequest::Transit).unwrap().decision;
     assert_eq!(d.reason.name(), "status_list_outdated");

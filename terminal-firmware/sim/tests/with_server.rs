@@ -24,6 +24,9 @@ fn sim() -> Result<Command> {
     ] {
         cmd.env_remove(var);
     }
+    // The tests match English messages (a tap's voice stays zh-CN: the variable sets only the
+    // messages' language).
+    cmd.env("TERMINAL_SIM_LANG", "en");
     Ok(cmd)
 }
 

@@ -1347,16 +1347,12 @@ fn refuses_plain_http_off_loopback_and_half_given_tls() {
     let data = tmp.path().join("office");
     token_of(&bin(&["init", "--data", data.to_str().unwrap()], None));
     let before = snapshot(&data);
-    let o = bin(
-        &[
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "0.0.0.0:0",
-        ],
-        None,
-    );
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--data", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        bin(&args, None)
+    };
+    let o = serve(&["--listen", "0.0.0.0:0"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("refusing to serve plain HTTP on 0.0.0.0:0"),
@@ -1365,16 +1361,7 @@ fn refuses_plain_http_off_loopback_and_half_given_tls() {
     );
     assert!(stderr(&o).contains("--tls-cert"), "{}", stderr(&o));
     // A certificate without its key is a usage error.
-    let o = bin(
-        &[
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--tls-cert",
-            "x.pem",
-        ],
-        None,
-    );
+    let o = serve(&["--tls-cert", "x.pem"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--tls-key"), "{}", stderr(&o));
     // Unreadable or mismatched TLS files: a clear message, and the office is untouched.
@@ -1384,21 +1371,14 @@ fn refuses_plain_http_off_loopback_and_half_given_tls() {
     let key_file = tmp.path().join("server.key");
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, other_key).unwrap();
-    let o = Command::new(BIN)
-        .args([
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "0.0.0.0:0",
-        ])
-        .arg("--tls-cert")
-        .arg(&cert_file)
-        .arg("--tls-key")
-        .arg(&key_file)
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
+    let o = serve(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--tls-cert",
+        cert_file.to_str().unwrap(),
+        "--tls-key",
+        key_file.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("does not belong to the certificate"),

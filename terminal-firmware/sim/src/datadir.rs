@@ -104,12 +104,7 @@ impl DataDir {
 
     /// The pinned office CA (PEM), if `init --ca-cert` gave one.
     pub fn load_ca(&self) -> Result<Option<Vec<u8>>> {
-        let p = self.ca_path();
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_text(|| msg::reading(&p)),
-        }
+        read_if_there(&self.ca_path())
     }
 
     /// Pins the office CA (PEM) for every later contact with the server.
@@ -200,12 +195,7 @@ impl DataDir {
 
     /// Reads the certificate, if registered.
     pub fn load_certificate(&self) -> Result<Option<Vec<u8>>> {
-        let p = self.cert_path();
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_text(|| msg::reading(&p)),
-        }
+        read_if_there(&self.cert_path())
     }
 
     /// Stores the certificate.
@@ -216,6 +206,15 @@ impl DataDir {
     /// The key id of the stored key (hex), for messages.
     pub fn key_id_hex(key: &P256Signer) -> String {
         hex::encode(key.key_id())
+    }
+}
+
+/// The bytes of `p`, or `None` when it does not exist (a step not taken yet, not an error).
+fn read_if_there(p: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_text(|| msg::reading(p)),
     }
 }
 

@@ -357,6 +357,23 @@ fn large_application(n: u32) -> Vec<u8> {
     app.to_string().into_bytes()
 }
 
+/// Sends the head of a `POST /api/v1/applications` with `body` and half of the body, so that
+/// the request is in flight (the server waits for the rest); returns how much was sent. The
+/// server closes the connection after its answer (`Connection: close`).
+fn send_head_and_half(w: &mut impl Write, host: &str, admin: &str, body: &[u8]) -> usize {
+    write!(
+        w,
+        "POST /api/v1/applications HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let half = body.len() / 2;
+    w.write_all(&body[..half]).unwrap();
+    w.flush().unwrap();
+    half
+}
+
 fn serve_and_stop(backend: Backend, url: Option<String>, signal: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("office");
@@ -396,17 +413,7 @@ fn serve_and_stop(backend: Backend, url: Option<String>, signal: &str) {
     inflight
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    write!(
-        inflight,
-        "POST /api/v1/applications HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {admin}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        server.addr(),
-        body.len()
-    )
-    .unwrap();
-    let half = body.len() / 2;
-    inflight.write_all(&body[..half]).unwrap();
-    inflight.flush().unwrap();
+    let half = send_head_and_half(&mut inflight, server.addr(), &admin, &body);
     // Time for the server to read the head and start the handler, which now waits for the rest.
     std::thread::sleep(Duration::from_millis(500));
     server.signal(signal);
@@ -1300,16 +1307,7 @@ fn serves_https_with_the_offices_certificate_and_stops_gracefully() {
     // A request in flight over TLS when SIGTERM comes is answered, then the server exits 0.
     let body = large_application(1);
     let mut inflight = raw_tls(&addr, &ca);
-    write!(
-        inflight,
-        "POST /api/v1/applications HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {admin}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    let half = body.len() / 2;
-    inflight.write_all(&body[..half]).unwrap();
-    inflight.flush().unwrap();
+    let half = send_head_and_half(&mut inflight, "localhost", &admin, &body);
     std::thread::sleep(Duration::from_millis(500));
     server.signal("TERM");
     std::thread::sleep(Duration::from_millis(500));

@@ -580,8 +580,8 @@ fn debit_of_row(row: &sqlx::any::AnyRow) -> ApiResult<Debit> {
 
 async fn resolve_counter_gaps(tx: &mut WriteTx, serial: &[u8; 8]) -> ApiResult<()> {
     let open = sqlx::query(
-        "SELECT id, evidence, fingerprint FROM anomalies WHERE kind = $1 AND card_serial = $2 \
-         AND resolved_at IS NULL",
+        "SELECT id, evidence, detail, fingerprint FROM anomalies WHERE kind = $1 AND \
+         card_serial = $2 AND resolved_at IS NULL",
     )
     .bind(Kind::CounterGap.name())
     .bind(serial.to_vec())
@@ -610,7 +610,8 @@ async fn resolve_counter_gaps(tx: &mut WriteTx, serial: &[u8; 8]) -> ApiResult<(
                 anomalies::resolve_named(tx, Kind::InterruptedDebitCompleted, &f).await?;
             }
         } else if !present.is_empty() {
-            narrow_gap(tx, id, &evidence, from, to, &present).await?;
+            let detail: String = row.try_get("detail")?;
+            narrow_gap(tx, id, (&evidence, &detail), (from, to), &present).await?;
         }
     }
     Ok(())
@@ -639,9 +640,8 @@ fn still_missing(from: i64, to: i64, present: &[i64]) -> Vec<[i64; 2]> {
 async fn narrow_gap(
     tx: &mut WriteTx,
     id: i64,
-    evidence: &str,
-    from: i64,
-    to: i64,
+    (evidence, detail): (&str, &str),
+    (from, to): (i64, i64),
     present: &[i64],
 ) -> ApiResult<()> {
     let missing = still_missing(from, to, present);
@@ -665,12 +665,8 @@ async fn narrow_gap(
     } else {
         ""
     };
-    let detail: String = sqlx::query_scalar("SELECT detail FROM anomalies WHERE id = $1")
-        .bind(id)
-        .fetch_one(tx.conn())
-        .await?;
     // The sentence as found, then what is still missing now (replacing an earlier update's).
-    let found = detail.split(STILL_MISSING_SAID).next().unwrap_or(&detail);
+    let found = detail.split(STILL_MISSING_SAID).next().unwrap_or(detail);
     let detail = format!(
         "{found}{STILL_MISSING_SAID}{} ({count} of {})",
         words.join(", ") + more,
